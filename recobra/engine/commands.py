@@ -1,0 +1,74 @@
+"""Events that come into the engine, as validated commands.
+
+Adapters (API, webhooks, the simulator, ``recobra events ingest``) parse their
+input into these; the engine trusts their types. Each carries the id of the
+event it came from, so a duplicate delivery is ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from recobra.domain.model import Customer, Invoice, PaymentMethod, Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentFailed:
+    """The billing system's charge of an invoice failed: opens a dunning case."""
+
+    event_id: str
+    occurred_at: datetime
+    customer: Customer
+    invoice: Invoice
+    payment_method: PaymentMethod
+    subscription: Subscription | None = None
+    decline_code: str | None = None
+    network_code: str | None = None
+    advice_code: str | None = None
+    gateway_reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentSucceeded:
+    """The invoice was collected by the gateway (our retry or any other charge)."""
+
+    event_id: str
+    occurred_at: datetime
+    invoice_id: str
+    gateway_reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentMethodUpdated:
+    """A payment method was added or updated (customer, card updater, operator)."""
+
+    event_id: str
+    occurred_at: datetime
+    payment_method: PaymentMethod
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionCanceled:
+    """The customer canceled: every active case of the subscription stops."""
+
+    event_id: str
+    occurred_at: datetime
+    subscription_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicePaidOutOfBand:
+    """The invoice was settled outside the gateway (bank transfer, cash, credit note)."""
+
+    event_id: str
+    occurred_at: datetime
+    invoice_id: str
+    note: str = ""
+
+
+Command = (
+    PaymentFailed | PaymentSucceeded | PaymentMethodUpdated | SubscriptionCanceled
+    | InvoicePaidOutOfBand
+)

@@ -1,0 +1,568 @@
+"""The dunning engine: turns incoming events into cases and due cases into actions.
+
+Every effect is made safe for crashes:
+
+* a charge attempt is written (pending, with a deterministic idempotency key) and
+  committed *before* the gateway is called; its outcome is written after. A worker
+  that dies in between leaves the pending row and an expiring claim; the next
+  worker to claim the case asks the gateway what became of that key and records
+  it, re-sending the same key only when the gateway never received it;
+* final actions carry their own idempotency key, so repeating one is harmless.
+
+The engine never reads the wall clock: ``now`` is an argument.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from recobra.domain.case import (
+    CaseStatus,
+    DunningCase,
+    EventKind,
+    FinalAction,
+    NextAction,
+)
+from recobra.domain.declines import Decline, DeclineCategory, classify
+from recobra.domain.model import (
+    Attempt,
+    AttemptStatus,
+    AttemptTrigger,
+    Funding,
+    InvoiceStatus,
+    SubscriptionStatus,
+    idempotency_key,
+    require_aware,
+)
+from recobra.domain.network import (
+    DEFAULT_NETWORK_RULES,
+    CardNetwork,
+    NetworkRules,
+    PriorAttempt,
+    check_retry,
+)
+from recobra.domain.policy import PolicySet, RetryPolicy, SegmentContext, Strategy
+from recobra.domain.schedule import HolidayCalendar, RetryContext, fit_local_hours, plan_retry
+from recobra.engine.commands import (
+    Command,
+    InvoicePaidOutOfBand,
+    PaymentFailed,
+    PaymentMethodUpdated,
+    PaymentSucceeded,
+    SubscriptionCanceled,
+)
+from recobra.ports import (
+    CardRef,
+    CaseBundle,
+    ChargeRequest,
+    ChargeResult,
+    ChargeStatus,
+    GatewayError,
+    PaymentGateway,
+    Store,
+    UnitOfWork,
+)
+
+log = logging.getLogger("recobra.engine")
+
+FINAL_ACTION_RETRY = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class HandleResult:
+    """What handling one event did."""
+
+    event_id: str
+    duplicate: bool = False
+    case_ids: tuple[str, ...] = ()
+    note: str = ""
+
+
+@dataclass(slots=True)
+class TickReport:
+    """What one ``tick`` did (counters for logs, the simulator and benchmarks)."""
+
+    claimed: int = 0
+    attempts: int = 0
+    recovered: int = 0
+    declined: int = 0
+    unknown: int = 0
+    reconciled: int = 0
+    exhausted: int = 0
+    reopened: int = 0
+    final_actions: int = 0
+    final_action_failures: int = 0
+    network_adjustments: int = 0
+    recovered_amounts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: TickReport) -> None:
+        for name in self.__slots__:  # type: ignore[attr-defined]
+            if name == "recovered_amounts":
+                for cur, amount in other.recovered_amounts.items():
+                    self.recovered_amounts[cur] = self.recovered_amounts.get(cur, 0) + amount
+            else:
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(slots=True)
+class _Work:
+    bundle: CaseBundle
+    attempt: Attempt | None = None
+    resend: bool = False
+    result: ChargeResult | None = None
+
+
+class Engine:
+    """Application service: ``handle`` events, ``tick`` due cases."""
+
+    def __init__(
+        self,
+        store: Store,
+        gateway: PaymentGateway,
+        policies: PolicySet,
+        holidays: HolidayCalendar,
+        *,
+        network_rules: NetworkRules = DEFAULT_NETWORK_RULES,
+        batch_size: int = 500,
+        lease: timedelta = timedelta(minutes=5),
+        worker_id: str = "worker",
+    ) -> None:
+        self.store = store
+        self.gateway = gateway
+        self.policies = policies
+        self.holidays = holidays
+        self.network_rules = network_rules
+        self.batch_size = batch_size
+        self.lease = lease
+        self.worker_id = worker_id
+
+    # ------------------------------------------------------------------ events
+
+    def handle(self, command: Command) -> HandleResult:
+        """Apply one incoming event in one transaction; immediate retries run right after."""
+        return self.handle_many([command])[0]
+
+    def handle_many(self, commands: Sequence[Command]) -> list[HandleResult]:
+        """Apply events in one transaction (all or nothing), then run immediate retries."""
+        results: list[HandleResult] = []
+        immediate: list[str] = []
+        latest: datetime | None = None
+        with self.store.unit_of_work() as uow:
+            for command in commands:
+                require_aware("occurred_at", command.occurred_at)
+                kind = type(command).__name__
+                if not uow.remember_event(command.event_id, kind, command.occurred_at):
+                    results.append(HandleResult(command.event_id, duplicate=True))
+                    continue
+                result = self._apply(uow, command)
+                results.append(result)
+                if isinstance(command, PaymentMethodUpdated):
+                    immediate.extend(result.case_ids)
+                    latest = max(latest or command.occurred_at, command.occurred_at)
+            uow.commit()
+        if immediate and latest is not None:
+            self.process(immediate, latest)
+        return results
+
+    def _apply(self, uow: UnitOfWork, command: Command) -> HandleResult:
+        match command:
+            case PaymentFailed():
+                return self._payment_failed(uow, command)
+            case PaymentSucceeded():
+                return self._close_invoice(
+                    uow, command.event_id, command.invoice_id, command.occurred_at,
+                    CaseStatus.RECOVERED, "payment succeeded at the gateway",
+                )
+            case InvoicePaidOutOfBand():
+                note = f": {command.note}" if command.note else ""
+                return self._close_invoice(
+                    uow, command.event_id, command.invoice_id, command.occurred_at,
+                    CaseStatus.PAID_OUT_OF_BAND, f"invoice paid out of band{note}",
+                )
+            case PaymentMethodUpdated():
+                return self._payment_method_updated(uow, command)
+            case SubscriptionCanceled():
+                return self._subscription_canceled(uow, command)
+
+    def _payment_failed(self, uow: UnitOfWork, cmd: PaymentFailed) -> HandleResult:
+        at = cmd.occurred_at
+        uow.upsert_customer(cmd.customer)
+        uow.upsert_payment_method(cmd.payment_method)
+        if cmd.subscription is not None:
+            uow.upsert_subscription(cmd.subscription)
+        uow.upsert_invoice(cmd.invoice)
+        decline = classify(cmd.decline_code, network_code=cmd.network_code, advice_code=cmd.advice_code)
+        existing = uow.case_for_invoice(cmd.invoice.id)
+        if existing is not None:
+            # A charge outside Recobra failed again (the billing system's own retry):
+            # keep it in the card's history, do not open a second case.
+            if existing.is_active:
+                existing.last_decline = decline
+                existing.record(at, EventKind.ATTEMPT_FAILED,
+                                f"charge outside Recobra declined: {_words(decline)}",
+                                code=decline.code)
+                uow.save_cases([existing], release_claims=False)
+            uow.add_attempts([self._billing_attempt(existing.id, cmd, decline, number=-1)])
+            return HandleResult(cmd.event_id, case_ids=(existing.id,), note="case already exists")
+
+        sub = cmd.subscription
+        tenure_from = sub.started_at if sub else (cmd.customer.created_at or at)
+        ctx = SegmentContext(
+            plan_id=sub.plan.id if sub else "",
+            interval=sub.plan.interval if sub else None,
+            amount_minor=cmd.invoice.amount.amount_minor,
+            currency=cmd.invoice.amount.currency,
+            country=cmd.customer.country,
+            tenure_days=max((at - tenure_from).days, 0),
+            funding=cmd.payment_method.funding,
+        )
+        segment, policy = self.policies.choose(ctx)
+        case = DunningCase(
+            id=f"case_{cmd.invoice.id}",
+            invoice_id=cmd.invoice.id,
+            customer_id=cmd.customer.id,
+            subscription_id=sub.id if sub else None,
+            amount=cmd.invoice.amount,
+            opened_at=at,
+            policy_name=policy.name,
+            policy_version=self.policies.version,
+            segment=segment,
+            payment_method_id=cmd.payment_method.id,
+            last_decline=decline,
+            last_attempt_at=at,
+        )
+        case.record(at, EventKind.OPENED,
+                    f"payment failed: {_words(decline)}; segment {segment!r} uses policy "
+                    f"{policy.name!r} v{self.policies.version}",
+                    code=decline.code, network_code=decline.network_code,
+                    advice_code=decline.advice_code, category=str(decline.category))
+        billing = self._billing_attempt(case.id, cmd, decline, number=0)
+        history = (PriorAttempt(at, decline),)
+        self._decide_next(case, policy, cmd.customer.timezone, cmd.customer.country,
+                          cmd.payment_method.brand, cmd.payment_method.funding, history, at)
+        if sub is not None:
+            uow.set_subscription_status(sub.id, SubscriptionStatus.PAST_DUE)
+        uow.add_case(case)
+        uow.add_attempts([billing])
+        return HandleResult(cmd.event_id, case_ids=(case.id,))
+
+    @staticmethod
+    def _billing_attempt(case_id: str, cmd: PaymentFailed, decline: Decline, number: int) -> Attempt:
+        key = cmd.gateway_reference or f"billing:{cmd.event_id}"
+        return Attempt(case_id, number, cmd.payment_method.id, key, cmd.occurred_at,
+                       AttemptStatus.FAILED, AttemptTrigger.BILLING, decline, cmd.gateway_reference)
+
+    def _close_invoice(self, uow: UnitOfWork, event_id: str, invoice_id: str, at: datetime,
+                       status: CaseStatus, reason: str) -> HandleResult:
+        uow.set_invoice_status(invoice_id, InvoiceStatus.PAID, at)
+        case = uow.case_for_invoice(invoice_id)
+        if case is None or not case.is_active:
+            return HandleResult(event_id, note="no active case for this invoice")
+        case.transition_to(status, at=at, reason=reason)
+        if case.subscription_id:
+            uow.set_subscription_status(case.subscription_id, SubscriptionStatus.ACTIVE)
+        uow.save_cases([case], release_claims=True)
+        return HandleResult(event_id, case_ids=(case.id,))
+
+    def _payment_method_updated(self, uow: UnitOfWork, cmd: PaymentMethodUpdated) -> HandleResult:
+        method = cmd.payment_method
+        uow.upsert_payment_method(method)
+        if not method.is_default:
+            return HandleResult(cmd.event_id, note="not the default method: no retry")
+        ids = uow.active_case_ids(customer_id=method.customer_id)
+        cases = [b.case for b in uow.load_bundles(ids, cmd.occurred_at)]
+        for case in cases:
+            case.payment_method_id = method.id
+            case.record(cmd.occurred_at, EventKind.PAYMENT_METHOD_UPDATED,
+                        f"new payment method {method.brand} ****{method.last4}: retry now, "
+                        "outside the attempt budget", payment_method_id=method.id)
+            case.schedule(NextAction.RETRY_NOW, cmd.occurred_at,
+                          "new payment method: immediate retry")
+        uow.save_cases(cases, release_claims=False)
+        return HandleResult(cmd.event_id, case_ids=tuple(c.id for c in cases))
+
+    def _subscription_canceled(self, uow: UnitOfWork, cmd: SubscriptionCanceled) -> HandleResult:
+        uow.set_subscription_status(cmd.subscription_id, SubscriptionStatus.CANCELED)
+        ids = uow.active_case_ids(subscription_id=cmd.subscription_id)
+        cases = [b.case for b in uow.load_bundles(ids, cmd.occurred_at)]
+        why = f": {cmd.reason}" if cmd.reason else ""
+        for case in cases:
+            case.transition_to(CaseStatus.CANCELED, at=cmd.occurred_at,
+                               reason=f"customer canceled the subscription{why}")
+            uow.set_invoice_status(case.invoice_id, InvoiceStatus.VOID, cmd.occurred_at)
+        uow.save_cases(cases, release_claims=True)
+        return HandleResult(cmd.event_id, case_ids=tuple(c.id for c in cases))
+
+    # ------------------------------------------------------------------ decisions
+
+    def _policy(self, case: DunningCase) -> RetryPolicy:
+        return self.policies.policies.get(case.policy_name) or self.policies.policies[
+            self.policies.default_policy
+        ]
+
+    def _decide_next(
+        self, case: DunningCase, policy: RetryPolicy, timezone: str, country: str, brand: str,
+        funding: Funding, history: Sequence[PriorAttempt], now: datetime,
+    ) -> int:
+        """Schedule the next policy retry or exhaust the case. Returns network adjustments made."""
+        ctx = RetryContext(
+            case_id=case.id, opened_at=case.opened_at, last_attempt_at=case.last_attempt_at,
+            budget_used=case.budget_used, decline=case.last_decline,
+            consecutive_processing_errors=case.errors_in_row, timezone=timezone, country=country,
+            funding=funding,
+        )
+        plan = plan_retry(policy, ctx, self.holidays)
+        at, reason, adjustments = plan.at, plan.reason, 0
+        if at is not None:
+            verdict = check_retry(CardNetwork.from_brand(brand), history, at, self.network_rules)
+            if verdict.adjusted:
+                adjustments = 1
+                case.record(now, EventKind.NETWORK_RULE_ADJUSTED, verdict.reason,
+                            rule=verdict.rule, proposed=at.isoformat(),
+                            earliest=verdict.earliest.isoformat() if verdict.earliest else None)
+                log.info("network rule adjusted retry", extra={"case_id": case.id,
+                                                              "rule": verdict.rule})
+            if not verdict.allowed or verdict.earliest is None:
+                at, reason = None, f"card network forbids further retries: {verdict.reason}"
+            elif verdict.earliest > at:
+                at = verdict.earliest
+                if policy.strategy is Strategy.TIMING_AWARE:
+                    at = fit_local_hours(at, ZoneInfo(timezone), policy.timing, country,
+                                         self.holidays)
+                window_end = case.opened_at + policy.window
+                if at > window_end:
+                    at, reason = None, (f"{verdict.reason}; that is after the dunning window "
+                                        f"closes at day {policy.max_days}")
+                else:
+                    local = at.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M")
+                    reason = f"Retry on {local} {timezone}: moved by the card network rule ({verdict.reason})"
+        if at is not None:
+            case.schedule(NextAction.RETRY, at, reason)
+            case.record(now, EventKind.RETRY_SCHEDULED, reason, at=at.isoformat())
+            return adjustments
+        case.record(now, EventKind.RETRY_SKIPPED, reason)
+        final_at = max(case.opened_at + policy.window + timedelta(days=policy.grace_days), now)
+        if case.status is CaseStatus.OPEN:
+            case.transition_to(CaseStatus.EXHAUSTED, at=now, reason=f"no automatic retry left: {reason}")
+        final_reason = (f"{policy.final_action} on {final_at:%Y-%m-%d %H:%M} UTC: end of the "
+                        f"{policy.max_days}-day dunning window plus {policy.grace_days} days' grace")
+        case.schedule(NextAction.FINAL_ACTION, final_at, final_reason)
+        case.record(now, EventKind.FINAL_ACTION_SCHEDULED, final_reason, at=final_at.isoformat())
+        return adjustments
+
+    # ------------------------------------------------------------------ ticking
+
+    def tick(self, now: datetime) -> TickReport:
+        """Claim due cases in batches and act on them until none is due at ``now``."""
+        require_aware("now", now)
+        report = TickReport()
+        while True:
+            with self.store.unit_of_work() as uow:
+                ids = uow.claim_due(now, limit=self.batch_size, worker_id=self.worker_id,
+                                    lease=self.lease)
+                uow.commit()
+            if not ids:
+                return report
+            report.add(self.process(ids, now, claimed=True))
+
+    def process(self, case_ids: Sequence[str], now: datetime, *, claimed: bool = False) -> TickReport:
+        """Act on the given cases now (each must be due or claimed by this worker)."""
+        if not claimed:
+            with self.store.unit_of_work() as uow:
+                case_ids = uow.claim_due(now, limit=len(case_ids), worker_id=self.worker_id,
+                                         lease=self.lease, case_ids=case_ids)
+                uow.commit()
+        report = TickReport(claimed=len(case_ids))
+        # Phase A: reconcile leftovers, write pending attempts, commit before any charge.
+        with self.store.unit_of_work() as uow:
+            bundles = uow.load_bundles(case_ids, now)
+            work: list[_Work] = []
+            finals: list[CaseBundle] = []
+            new_attempts: list[Attempt] = []
+            for bundle in bundles:
+                case = bundle.case
+                if not case.is_active or case.next_action is None:
+                    continue
+                if bundle.pending is not None:
+                    work.append(_Work(bundle, bundle.pending, resend=True))
+                elif case.next_action is NextAction.FINAL_ACTION:
+                    finals.append(bundle)
+                elif case.next_action in (NextAction.RETRY, NextAction.RETRY_NOW):
+                    attempt = self._start_attempt(case, bundle, now)
+                    new_attempts.append(attempt)
+                    work.append(_Work(bundle, attempt))
+            uow.add_attempts(new_attempts)
+            uow.save_cases([w.bundle.case for w in work], release_claims=False)
+            uow.commit()
+
+        # Phase B: talk to the gateway, outside any transaction.
+        for item in work:
+            assert item.attempt is not None
+            if item.resend:
+                status = self.gateway.attempt_status(item.attempt.idempotency_key)
+                report.reconciled += 1
+                if status.status is not ChargeStatus.NOT_FOUND:
+                    item.result = status
+                    continue
+            elif item.bundle.last_status_unknown is not None:
+                earlier = self.gateway.attempt_status(item.bundle.last_status_unknown.idempotency_key)
+                if earlier.status is ChargeStatus.SUCCEEDED:
+                    item.result = replace(earlier, idempotency_key=item.attempt.idempotency_key)
+                    item.bundle.case.record(now, EventKind.ATTEMPT_RECONCILED,
+                                            "the earlier unanswered attempt had succeeded: no new charge")
+                    continue
+            item.result = self.gateway.charge(self._charge_request(item.bundle, item.attempt, now))
+            report.attempts += 1
+
+        # Phase C: record outcomes and decide what comes next, one transaction.
+        with self.store.unit_of_work() as uow:
+            finished: list[Attempt] = []
+            for item in work:
+                assert item.attempt is not None and item.result is not None
+                finished.append(self._apply_result(uow, item, now, report))
+            for bundle in finals:
+                self._final_action(uow, bundle, now, report)
+            uow.finish_attempts(finished)
+            uow.save_cases([w.bundle.case for w in work] + [b.case for b in finals],
+                           release_claims=True)
+            uow.commit()
+        return report
+
+    def _start_attempt(self, case: DunningCase, bundle: CaseBundle, now: datetime) -> Attempt:
+        counted = case.next_action is NextAction.RETRY
+        trigger = AttemptTrigger.POLICY if counted else AttemptTrigger.PAYMENT_METHOD
+        case.attempts += 1
+        if counted:
+            case.budget_used += 1
+        attempt = Attempt(case.id, case.attempts, bundle.payment_method.id,
+                          idempotency_key(case.id, case.attempts), now, AttemptStatus.PENDING,
+                          trigger)
+        case.record(now, EventKind.ATTEMPT_STARTED,
+                    f"attempt {case.attempts} ({trigger}): {case.next_action_reason}",
+                    attempt=case.attempts, key=attempt.idempotency_key)
+        return attempt
+
+    def _charge_request(self, bundle: CaseBundle, attempt: Attempt, now: datetime) -> ChargeRequest:
+        case, pm, customer = bundle.case, bundle.payment_method, bundle.customer
+        return ChargeRequest(
+            idempotency_key=attempt.idempotency_key, invoice_id=case.invoice_id,
+            customer_id=case.customer_id, subscription_id=case.subscription_id,
+            amount=case.amount,
+            payment_method=CardRef(pm.id, pm.gateway_token, pm.brand, pm.last4, pm.exp_month,
+                                   pm.exp_year, pm.funding),
+            attempt_number=attempt.number, attempted_at=now,
+            customer_country=customer.country, customer_timezone=customer.timezone,
+        )
+
+    def _apply_result(self, uow: UnitOfWork, item: _Work, now: datetime,
+                      report: TickReport) -> Attempt:
+        bundle, attempt, result = item.bundle, item.attempt, item.result
+        assert attempt is not None and result is not None
+        case = bundle.case
+        if item.resend:
+            case.record(now, EventKind.ATTEMPT_RECONCILED,
+                        f"attempt {attempt.number} left pending by a stopped worker: gateway says "
+                        f"{result.status}", key=attempt.idempotency_key)
+        case.last_attempt_at = now
+        if result.status is ChargeStatus.SUCCEEDED:
+            case.errors_in_row = 0
+            case.record(now, EventKind.ATTEMPT_SUCCEEDED, f"attempt {attempt.number} succeeded",
+                        reference=result.gateway_reference)
+            case.transition_to(CaseStatus.RECOVERED, at=now,
+                               reason=f"recovered by attempt {attempt.number}")
+            uow.set_invoice_status(case.invoice_id, InvoiceStatus.PAID, now)
+            if case.subscription_id:
+                uow.set_subscription_status(case.subscription_id, SubscriptionStatus.ACTIVE)
+            report.recovered += 1
+            cur = case.amount.currency
+            report.recovered_amounts[cur] = report.recovered_amounts.get(cur, 0) + case.amount.amount_minor
+            return replace(attempt, status=AttemptStatus.SUCCEEDED, at=now,
+                           gateway_reference=result.gateway_reference)
+
+        if result.status is ChargeStatus.DECLINED:
+            decline = classify(result.decline_code, network_code=result.network_code,
+                               advice_code=result.advice_code)
+            status = AttemptStatus.FAILED
+            case.errors_in_row = (case.errors_in_row + 1
+                                  if decline.category is DeclineCategory.PROCESSING_ERROR else 0)
+            case.record(now, EventKind.ATTEMPT_FAILED,
+                        f"attempt {attempt.number} declined: {_words(decline)}",
+                        code=decline.code, network_code=decline.network_code,
+                        advice_code=decline.advice_code, category=str(decline.category))
+            report.declined += 1
+        else:
+            decline = classify(None)
+            status = AttemptStatus.UNKNOWN
+            case.errors_in_row += 1
+            case.record(now, EventKind.ATTEMPT_UNKNOWN,
+                        f"attempt {attempt.number}: no answer from the gateway ({result.message or result.status}); "
+                        "its status is checked before the next charge")
+            report.unknown += 1
+        case.last_decline = decline
+        finished = replace(attempt, status=status, at=now, decline=decline,
+                           gateway_reference=result.gateway_reference)
+        policy = self._policy(case)
+        history = (*bundle.card_history, PriorAttempt(now, decline))
+        if case.status is CaseStatus.EXHAUSTED:
+            if not (decline.category.retryable and now < case.opened_at + policy.window):
+                # Back to waiting for the final action that was already scheduled.
+                self._reschedule_final(case, policy, now)
+                return finished
+            case.transition_to(CaseStatus.OPEN, at=now,
+                               reason="reopened: the new payment method's decline is retryable")
+            report.reopened += 1
+        report.network_adjustments += self._decide_next(
+            case, policy, bundle.customer.timezone, bundle.customer.country,
+            bundle.payment_method.brand, bundle.payment_method.funding, history, now)
+        if case.status is CaseStatus.EXHAUSTED:
+            report.exhausted += 1
+        return finished
+
+    @staticmethod
+    def _reschedule_final(case: DunningCase, policy: RetryPolicy, now: datetime) -> None:
+        final_at = max(case.opened_at + policy.window + timedelta(days=policy.grace_days), now)
+        case.schedule(NextAction.FINAL_ACTION, final_at,
+                      f"{policy.final_action} at the end of the grace period")
+
+    def _final_action(self, uow: UnitOfWork, bundle: CaseBundle, now: datetime,
+                      report: TickReport) -> None:
+        case = bundle.case
+        policy = self._policy(case)
+        action = policy.final_action
+        key = f"recobra:{case.id}:final"
+        try:
+            if action is FinalAction.CANCEL and case.subscription_id:
+                self.gateway.cancel_subscription(case.subscription_id, at=now, idempotency_key=key)
+                uow.set_subscription_status(case.subscription_id, SubscriptionStatus.CANCELED)
+            elif action is FinalAction.PAUSE and case.subscription_id:
+                self.gateway.pause_subscription(case.subscription_id, at=now, idempotency_key=key)
+                uow.set_subscription_status(case.subscription_id, SubscriptionStatus.PAUSED)
+            else:
+                self.gateway.mark_unpaid(case.invoice_id, at=now, idempotency_key=key)
+                if case.subscription_id:
+                    uow.set_subscription_status(case.subscription_id, SubscriptionStatus.UNPAID)
+        except GatewayError as exc:
+            retry_at = now + FINAL_ACTION_RETRY
+            case.record(now, EventKind.FINAL_ACTION_FAILED,
+                        f"{action} failed at the gateway ({exc}); trying again at {retry_at:%Y-%m-%d %H:%M} UTC",
+                        code=exc.code, transient=exc.transient)
+            case.schedule(NextAction.FINAL_ACTION, retry_at, f"{action} (again after a gateway error)")
+            report.final_action_failures += 1
+            return
+        case.final_action = action
+        uow.set_invoice_status(case.invoice_id, InvoiceStatus.UNCOLLECTIBLE, now)
+        case.transition_to(CaseStatus.FINAL_ACTION_DONE, at=now,
+                           reason=f"final action {action} done through {self.gateway.name}")
+        report.final_actions += 1
+
+
+def _words(decline: Decline) -> str:
+    raw = decline.code or decline.network_code or "no code"
+    return f"{decline.category} ({raw})"
+
+
+__all__ = ["Engine", "HandleResult", "TickReport"]

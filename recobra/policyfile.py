@@ -1,0 +1,222 @@
+"""Policy files (TOML) -> validated ``PolicySet``; every error names its field.
+
+The format is documented in docs/policies.md. Parsing is two-layered: pydantic
+checks shapes and types (unknown keys are errors, so a typo never silently
+falls back to a default), then the domain checks its own invariants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from recobra.domain.case import FinalAction
+from recobra.domain.errors import DomainError
+from recobra.domain.model import Funding, Interval
+from recobra.domain.money import normalise_currency
+from recobra.domain.policy import (
+    PaydayRule,
+    PolicySet,
+    RetryPolicy,
+    Segment,
+    SegmentRule,
+    Strategy,
+    Timing,
+    parse_duration,
+)
+
+DEFAULT_POLICY_FILE = "default.toml"
+
+
+class PolicyError(ValueError):
+    """A policy file is invalid. ``problems`` lists (field, reason) pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {field}: {reason}" for field, reason in problems)
+        super().__init__(f"{source}: invalid policy\n{lines}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Duration = Annotated[str, Field(description="a duration such as '3d', '12h', '1d6h', '30m'")]
+
+
+class StepModel(_Model):
+    after: Duration
+    action: Literal["retry"] = "retry"
+
+
+class TimingModel(_Model):
+    start_hour: int = 9
+    end_hour: int = 20
+    weekdays_only: bool = False
+    paydays: list[int | Literal["last_business_day"]] = [1, 15, "last_business_day"]
+    payday_hour: int = 10
+    payday_flex: Duration = "5d"
+    jitter_minutes: int = 30
+
+
+class PolicyModel(_Model):
+    strategy: Strategy
+    steps: list[StepModel]
+    max_attempts: int
+    max_days: int
+    grace_days: int = 7
+    final_action: FinalAction
+    min_interval: Duration = "1h"
+    processing_backoff: list[Duration] = ["15m", "1h", "4h"]
+    timing: TimingModel = TimingModel()
+
+
+class MatchModel(_Model):
+    plans: list[str] = []
+    intervals: list[Interval] = []
+    currencies: list[str] = []
+    countries: list[str] = []
+    funding: list[Funding] = []
+    amount_min: int | None = Field(default=None, ge=0)
+    amount_max: int | None = Field(default=None, ge=0)
+    tenure_days_min: int | None = Field(default=None, ge=0)
+    tenure_days_max: int | None = Field(default=None, ge=0)
+
+    @field_validator("currencies")
+    @classmethod
+    def _currencies(cls, value: list[str]) -> list[str]:
+        return [normalise_currency(c) for c in value]
+
+    @field_validator("countries")
+    @classmethod
+    def _countries(cls, value: list[str]) -> list[str]:
+        for country in value:
+            if len(country) != 2 or not country.isalpha() or not country.isupper():
+                raise ValueError(f"{country!r} is not an ISO 3166-1 alpha-2 code like 'MX'")
+        return value
+
+
+class SegmentModel(_Model):
+    name: str = Field(min_length=1)
+    policy: str
+    match: MatchModel = MatchModel()
+
+
+class FileModel(_Model):
+    name: str = Field(min_length=1)
+    version: int = Field(ge=1)
+    default_policy: str
+    segments: list[SegmentModel] = []
+    policies: dict[str, PolicyModel] = Field(min_length=1)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not out:
+            out = str(part)
+        elif part in {"int", "str", "literal['last_business_day']"}:
+            continue  # pydantic's union branch names add nothing for a reader
+        else:
+            out += f".{part}"
+    return out or "(file)"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPolicy:
+    """A validated policy set with the text it came from and that text's checksum."""
+
+    policies: PolicySet
+    source: str
+    checksum: str
+
+
+def parse_policy(text: str, source: str = "<policy>") -> LoadedPolicy:
+    """Parse and validate a policy file's text; raises ``PolicyError`` naming every problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(source, [("(file)", f"not valid TOML: {exc}")]) from None
+    try:
+        model = FileModel.model_validate(data)
+    except ValidationError as exc:
+        problems = [(_path(e["loc"]), e["msg"]) for e in exc.errors()]
+        raise PolicyError(source, problems) from None
+    problems: list[tuple[str, str]] = []
+    policies: dict[str, RetryPolicy] = {}
+    for name, pm in model.policies.items():
+        where = f"policies.{name}"
+        try:
+            policies[name] = _policy(name, pm, where)
+        except DomainError as exc:
+            field = exc.field if exc.field.startswith("policies.") else f"{where}.{exc.field}"
+            problems.append((field, exc.reason))
+    if problems:
+        raise PolicyError(source, problems)
+    segments = tuple(
+        Segment(s.name, SegmentRule(
+            plans=frozenset(s.match.plans), intervals=frozenset(s.match.intervals),
+            currencies=frozenset(s.match.currencies), countries=frozenset(s.match.countries),
+            funding=frozenset(s.match.funding), amount_min=s.match.amount_min,
+            amount_max=s.match.amount_max, tenure_days_min=s.match.tenure_days_min,
+            tenure_days_max=s.match.tenure_days_max), s.policy)
+        for s in model.segments
+    )
+    try:
+        policy_set = PolicySet(model.name, model.version, segments, policies,
+                               model.default_policy)
+    except DomainError as exc:
+        raise PolicyError(source, [(exc.field, exc.reason)]) from None
+    checksum = hashlib.sha256(text.encode()).hexdigest()
+    return LoadedPolicy(policy_set, text, checksum)
+
+
+def _policy(name: str, pm: PolicyModel, where: str) -> RetryPolicy:
+    steps = tuple(parse_duration(f"{where}.steps[{i}].after", s.after)
+                  for i, s in enumerate(pm.steps))
+    t = pm.timing
+    timing = Timing(
+        start_hour=t.start_hour, end_hour=t.end_hour, weekdays_only=t.weekdays_only,
+        paydays=tuple(PaydayRule(p) if isinstance(p, str) else p for p in t.paydays),
+        payday_hour=t.payday_hour,
+        payday_flex=parse_duration(f"{where}.timing.payday_flex", t.payday_flex),
+        jitter_minutes=t.jitter_minutes,
+    )
+    return RetryPolicy(
+        name=name, strategy=pm.strategy, steps=steps, max_attempts=pm.max_attempts,
+        max_days=pm.max_days, grace_days=pm.grace_days, final_action=pm.final_action,
+        timing=timing, min_interval=parse_duration(f"{where}.min_interval", pm.min_interval),
+        processing_backoff=tuple(
+            parse_duration(f"{where}.processing_backoff[{i}]", d)
+            for i, d in enumerate(pm.processing_backoff)),
+    )
+
+
+def load_policy_file(path: str | Path) -> LoadedPolicy:
+    """Read and validate a policy file; a missing file is a ``PolicyError`` too."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(str(p), [("(file)", f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise PolicyError(str(p), [("(file)", "not UTF-8 text")]) from None
+    return parse_policy(text, str(p))
+
+
+def default_policy_text() -> str:
+    return resources.files("recobra.policies").joinpath(DEFAULT_POLICY_FILE).read_text("utf-8")
+
+
+def load_default_policy() -> LoadedPolicy:
+    """The policy shipped with Recobra (see docs/policies.md for its reasoning)."""
+    return parse_policy(default_policy_text(), f"recobra/policies/{DEFAULT_POLICY_FILE}")

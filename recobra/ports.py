@@ -1,0 +1,240 @@
+"""The ports the engine needs. Adapters implement them; the engine sees nothing else.
+
+Each port is a small Protocol with frozen dataclasses in and out (no SDK types
+cross this line). Gateways translate their provider's errors into a
+``ChargeResult`` at the edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from recobra.domain.case import DunningCase
+from recobra.domain.model import (
+    Attempt,
+    Customer,
+    Funding,
+    Invoice,
+    InvoiceStatus,
+    PaymentMethod,
+    Subscription,
+    SubscriptionStatus,
+)
+from recobra.domain.network import PriorAttempt
+from recobra.domain.schedule import HolidayCalendar
+
+__all__ = [
+    "CardRef",
+    "CaseBundle",
+    "ChargeRequest",
+    "ChargeResult",
+    "ChargeStatus",
+    "Clock",
+    "GatewayError",
+    "GatewayFactory",
+    "HolidayCalendar",
+    "PaymentGateway",
+    "Store",
+    "UnitOfWork",
+]
+from recobra.domain.money import Money
+
+
+class Clock(Protocol):
+    """Where the current time comes from. Production: the wall clock; simulation: a jumping clock."""
+
+    def now(self) -> datetime:
+        """An aware datetime (UTC)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CardRef:
+    """The payment method as the gateway needs it: a token and its public details."""
+
+    id: str
+    gateway_token: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    funding: Funding
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRequest:
+    """Everything a gateway gets to collect one invoice once.
+
+    ``idempotency_key`` is derived from the case and attempt number: sending the
+    same request twice must never charge twice. ``attempt_number`` is 0 for the
+    billing run's own first charge and 1, 2, ... for Recobra's retries.
+    """
+
+    idempotency_key: str
+    invoice_id: str
+    customer_id: str
+    subscription_id: str | None
+    amount: Money
+    payment_method: CardRef
+    attempt_number: int
+    attempted_at: datetime
+    customer_country: str
+    customer_timezone: str
+
+
+class ChargeStatus(StrEnum):
+    """Normalised outcome of a charge or of a status lookup."""
+
+    SUCCEEDED = "succeeded"
+    """Money collected."""
+    DECLINED = "declined"
+    """Refused by the issuer, network or gateway; the codes say why."""
+    ERROR = "error"
+    """No definite answer (transport error, timeout, gateway outage)."""
+    NOT_FOUND = "not_found"
+    """Status lookup only: the gateway never received this idempotency key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult:
+    """What the gateway answered. Raw codes are kept exactly as given."""
+
+    status: ChargeStatus
+    idempotency_key: str
+    gateway_reference: str | None = None
+    decline_code: str | None = None
+    network_code: str | None = None
+    advice_code: str | None = None
+    message: str = ""
+
+
+class GatewayError(Exception):
+    """A gateway operation other than a charge failed; the engine retries it later."""
+
+    def __init__(self, message: str, *, code: str | None = None, transient: bool = True) -> None:
+        super().__init__(message)
+        self.code = code
+        self.transient = transient
+
+
+@runtime_checkable
+class PaymentGateway(Protocol):
+    """A payment processor, as the engine uses it. See docs/gateways.md."""
+
+    name: str
+
+    def charge(self, request: ChargeRequest) -> ChargeResult:
+        """Try to collect ``request.amount``. Must be idempotent on ``request.idempotency_key``.
+
+        Never raises for declines or transport problems: those are results.
+        """
+        ...
+
+    def attempt_status(self, idempotency_key: str) -> ChargeResult:
+        """What became of an earlier charge with this key (``NOT_FOUND`` if never received)."""
+        ...
+
+    def cancel_subscription(self, subscription_id: str, *, at: datetime, idempotency_key: str) -> None:
+        """End the subscription so that nothing more is charged. Idempotent; raises GatewayError."""
+        ...
+
+    def pause_subscription(self, subscription_id: str, *, at: datetime, idempotency_key: str) -> None:
+        """Stop collecting without ending the subscription. Idempotent; raises GatewayError."""
+        ...
+
+    def mark_unpaid(self, invoice_id: str, *, at: datetime, idempotency_key: str) -> None:
+        """Mark the invoice uncollectible / the subscription unpaid. Idempotent; raises GatewayError."""
+        ...
+
+
+class GatewayFactory(Protocol):
+    """Builds a gateway from settings (strings, usually from the environment or config file)."""
+
+    def __call__(self, settings: Mapping[str, str]) -> PaymentGateway: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CaseBundle:
+    """A claimed case with what the engine needs to act on it, loaded in one go."""
+
+    case: DunningCase
+    customer: Customer
+    payment_method: PaymentMethod
+    card_history: tuple[PriorAttempt, ...]
+    pending: Attempt | None
+    """An attempt written but never finished (a crashed worker): reconcile it first."""
+    last_status_unknown: Attempt | None = None
+    """The last attempt, when the gateway gave no answer: check its status before charging."""
+
+
+class UnitOfWork(Protocol):
+    """One transaction on the store. Leaving the ``with`` block without ``commit`` rolls back."""
+
+    def __enter__(self) -> UnitOfWork: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def remember_event(self, event_id: str, kind: str, at: datetime) -> bool:
+        """Record an incoming event id; False when it was seen before (a duplicate)."""
+        ...
+
+    def upsert_customer(self, customer: Customer) -> None: ...
+
+    def upsert_payment_method(self, method: PaymentMethod) -> None:
+        """Insert or update; a default method makes the customer's other methods non-default."""
+        ...
+
+    def upsert_subscription(self, subscription: Subscription) -> None: ...
+
+    def upsert_invoice(self, invoice: Invoice) -> None: ...
+
+    def set_invoice_status(self, invoice_id: str, status: InvoiceStatus, at: datetime) -> None: ...
+
+    def set_subscription_status(self, subscription_id: str, status: SubscriptionStatus) -> None: ...
+
+    def case_for_invoice(self, invoice_id: str) -> DunningCase | None: ...
+
+    def active_case_ids(
+        self, *, customer_id: str | None = None, subscription_id: str | None = None
+    ) -> list[str]: ...
+
+    def load_bundles(self, case_ids: Sequence[str], now: datetime) -> list[CaseBundle]: ...
+
+    def add_case(self, case: DunningCase) -> None:
+        """Insert a new case and its collected events."""
+        ...
+
+    def save_cases(self, cases: Sequence[DunningCase], *, release_claims: bool) -> None:
+        """Update cases, append their collected events, optionally release their claims."""
+        ...
+
+    def add_attempts(self, attempts: Sequence[Attempt]) -> None: ...
+
+    def finish_attempts(self, attempts: Sequence[Attempt]) -> None:
+        """Write the outcome of attempts added earlier (matched by idempotency key)."""
+        ...
+
+    def claim_due(
+        self, now: datetime, *, limit: int, worker_id: str, lease: timedelta,
+        case_ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Claim up to ``limit`` cases due at ``now`` and not claimed by a live worker
+        (a claim whose lease expired is taken over). With ``case_ids``, claim those
+        active cases whatever their due time (an immediate retry)."""
+        ...
+
+
+class Store(Protocol):
+    """Durable state: hands out units of work."""
+
+    def unit_of_work(self) -> UnitOfWork: ...
+
+    def next_due_at(self) -> datetime | None:
+        """The earliest ``next_action_at`` of an active case (for the simulator's clock)."""
+        ...
