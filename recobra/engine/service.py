@@ -147,22 +147,38 @@ class Engine:
         return self.handle_many([command])[0]
 
     def handle_many(self, commands: Sequence[Command]) -> list[HandleResult]:
-        """Apply events in one transaction (all or nothing), then run immediate retries."""
+        """Apply events in one transaction (all or nothing), then run immediate retries.
+
+        Consecutive ``PaymentFailed`` events are written in bulk; the others one by
+        one, in order. An event id seen before (or twice in the batch) is a duplicate.
+        """
+        for command in commands:
+            require_aware("occurred_at", command.occurred_at)
         results: list[HandleResult] = []
         immediate: list[str] = []
         latest: datetime | None = None
         with self.store.unit_of_work() as uow:
+            fresh = uow.remember_events(
+                [(c.event_id, type(c).__name__, c.occurred_at) for c in commands])
+            run: list[PaymentFailed] = []
             for command in commands:
-                require_aware("occurred_at", command.occurred_at)
-                kind = type(command).__name__
-                if not uow.remember_event(command.event_id, kind, command.occurred_at):
+                if command.event_id not in fresh:
+                    results.extend(self._payments_failed(uow, run))
+                    run = []
                     results.append(HandleResult(command.event_id, duplicate=True))
                     continue
+                fresh.discard(command.event_id)
+                if isinstance(command, PaymentFailed):
+                    run.append(command)
+                    continue
+                results.extend(self._payments_failed(uow, run))
+                run = []
                 result = self._apply(uow, command)
                 results.append(result)
                 if isinstance(command, PaymentMethodUpdated):
                     immediate.extend(result.case_ids)
                     latest = max(latest or command.occurred_at, command.occurred_at)
+            results.extend(self._payments_failed(uow, run))
             uow.commit()
         if immediate and latest is not None:
             self.process(immediate, latest)
@@ -171,7 +187,7 @@ class Engine:
     def _apply(self, uow: UnitOfWork, command: Command) -> HandleResult:
         match command:
             case PaymentFailed():
-                return self._payment_failed(uow, command)
+                return self._payments_failed(uow, [command])[0]
             case PaymentSucceeded():
                 return self._close_invoice(
                     uow, command.event_id, command.invoice_id, command.occurred_at,
@@ -188,30 +204,59 @@ class Engine:
             case SubscriptionCanceled():
                 return self._subscription_canceled(uow, command)
 
-    def _payment_failed(self, uow: UnitOfWork, cmd: PaymentFailed) -> HandleResult:
-        at = cmd.occurred_at
-        uow.upsert_customer(cmd.customer)
-        uow.upsert_payment_method(cmd.payment_method)
-        if cmd.subscription is not None:
-            uow.upsert_subscription(cmd.subscription)
-        uow.upsert_invoice(cmd.invoice)
-        decline = classify(cmd.decline_code, network_code=cmd.network_code, advice_code=cmd.advice_code)
-        existing = uow.case_for_invoice(cmd.invoice.id)
-        if existing is not None:
-            # A charge outside Recobra failed again (the billing system's own retry):
-            # keep it in the card's history, do not open a second case.
-            if existing.is_active:
-                existing.last_decline = decline
-                existing.record(at, EventKind.ATTEMPT_FAILED,
-                                f"charge outside Recobra declined: {_words(decline)}",
-                                code=decline.code)
-                uow.save_cases([existing], release_claims=False)
-            uow.add_attempts([self._billing_attempt(existing.id, cmd, decline, number=-1)])
-            return HandleResult(cmd.event_id, case_ids=(existing.id,), note="case already exists")
+    def _payments_failed(self, uow: UnitOfWork, cmds: Sequence[PaymentFailed]) -> list[HandleResult]:
+        """Open a case per failed invoice, in bulk; a failure on an invoice that already
+        has a case is kept in the card's history instead."""
+        if not cmds:
+            return []
+        uow.upsert_customers(list({c.customer.id: c.customer for c in cmds}.values()))
+        uow.upsert_payment_methods(
+            list({c.payment_method.id: c.payment_method for c in cmds}.values()))
+        uow.upsert_subscriptions(
+            list({c.subscription.id: c.subscription for c in cmds if c.subscription}.values()))
+        uow.upsert_invoices(list({c.invoice.id: c.invoice for c in cmds}.values()))
+        known = uow.cases_for_invoices([c.invoice.id for c in cmds])
+        results: list[HandleResult] = []
+        new_cases: list[DunningCase] = []
+        updated: dict[str, DunningCase] = {}
+        attempts: list[Attempt] = []
+        past_due: list[tuple[str, SubscriptionStatus]] = []
+        for cmd in cmds:
+            at = cmd.occurred_at
+            decline = classify(cmd.decline_code, network_code=cmd.network_code,
+                               advice_code=cmd.advice_code)
+            existing = known.get(cmd.invoice.id)
+            if existing is not None:
+                # A charge outside Recobra failed again (say, the billing system's own
+                # retry): keep it in the card's history; never a second case.
+                if existing.is_active:
+                    existing.last_decline = decline
+                    existing.record(at, EventKind.ATTEMPT_FAILED,
+                                    f"charge outside Recobra declined: {_words(decline)}",
+                                    code=decline.code)
+                    if existing not in new_cases:
+                        updated[existing.id] = existing
+                attempts.append(self._billing_attempt(existing.id, cmd, decline, number=-1))
+                results.append(HandleResult(cmd.event_id, case_ids=(existing.id,),
+                                            note="case already exists"))
+                continue
+            case = self._open_case(cmd, decline)
+            known[cmd.invoice.id] = case
+            new_cases.append(case)
+            attempts.append(self._billing_attempt(case.id, cmd, decline, number=0))
+            if cmd.subscription is not None:
+                past_due.append((cmd.subscription.id, SubscriptionStatus.PAST_DUE))
+            results.append(HandleResult(cmd.event_id, case_ids=(case.id,)))
+        uow.add_cases(new_cases)
+        uow.save_cases(list(updated.values()), release_claims=False)
+        uow.add_attempts(attempts)
+        uow.set_subscription_statuses(past_due)
+        return results
 
-        sub = cmd.subscription
+    def _open_case(self, cmd: PaymentFailed, decline: Decline) -> DunningCase:
+        at, sub = cmd.occurred_at, cmd.subscription
         tenure_from = sub.started_at if sub else (cmd.customer.created_at or at)
-        ctx = SegmentContext(
+        segment, policy = self.policies.choose(SegmentContext(
             plan_id=sub.plan.id if sub else "",
             interval=sub.plan.interval if sub else None,
             amount_minor=cmd.invoice.amount.amount_minor,
@@ -219,36 +264,23 @@ class Engine:
             country=cmd.customer.country,
             tenure_days=max((at - tenure_from).days, 0),
             funding=cmd.payment_method.funding,
-        )
-        segment, policy = self.policies.choose(ctx)
+        ))
         case = DunningCase(
-            id=f"case_{cmd.invoice.id}",
-            invoice_id=cmd.invoice.id,
-            customer_id=cmd.customer.id,
-            subscription_id=sub.id if sub else None,
-            amount=cmd.invoice.amount,
-            opened_at=at,
-            policy_name=policy.name,
-            policy_version=self.policies.version,
-            segment=segment,
-            payment_method_id=cmd.payment_method.id,
-            last_decline=decline,
-            last_attempt_at=at,
+            id=f"case_{cmd.invoice.id}", invoice_id=cmd.invoice.id,
+            customer_id=cmd.customer.id, subscription_id=sub.id if sub else None,
+            amount=cmd.invoice.amount, opened_at=at, policy_name=policy.name,
+            policy_version=self.policies.version, segment=segment,
+            payment_method_id=cmd.payment_method.id, last_decline=decline, last_attempt_at=at,
         )
         case.record(at, EventKind.OPENED,
                     f"payment failed: {_words(decline)}; segment {segment!r} uses policy "
                     f"{policy.name!r} v{self.policies.version}",
                     code=decline.code, network_code=decline.network_code,
                     advice_code=decline.advice_code, category=str(decline.category))
-        billing = self._billing_attempt(case.id, cmd, decline, number=0)
-        history = (PriorAttempt(at, decline),)
         self._decide_next(case, policy, cmd.customer.timezone, cmd.customer.country,
-                          cmd.payment_method.brand, cmd.payment_method.funding, history, at)
-        if sub is not None:
-            uow.set_subscription_status(sub.id, SubscriptionStatus.PAST_DUE)
-        uow.add_case(case)
-        uow.add_attempts([billing])
-        return HandleResult(cmd.event_id, case_ids=(case.id,))
+                          cmd.payment_method.brand, cmd.payment_method.funding,
+                          (PriorAttempt(at, decline),), at)
+        return case
 
     @staticmethod
     def _billing_attempt(case_id: str, cmd: PaymentFailed, decline: Decline, number: int) -> Attempt:
@@ -259,18 +291,18 @@ class Engine:
     def _close_invoice(self, uow: UnitOfWork, event_id: str, invoice_id: str, at: datetime,
                        status: CaseStatus, reason: str) -> HandleResult:
         uow.set_invoice_status(invoice_id, InvoiceStatus.PAID, at)
-        case = uow.case_for_invoice(invoice_id)
+        case = uow.cases_for_invoices([invoice_id]).get(invoice_id)
         if case is None or not case.is_active:
             return HandleResult(event_id, note="no active case for this invoice")
         case.transition_to(status, at=at, reason=reason)
         if case.subscription_id:
-            uow.set_subscription_status(case.subscription_id, SubscriptionStatus.ACTIVE)
+            uow.set_subscription_statuses([(case.subscription_id, SubscriptionStatus.ACTIVE)])
         uow.save_cases([case], release_claims=True)
         return HandleResult(event_id, case_ids=(case.id,))
 
     def _payment_method_updated(self, uow: UnitOfWork, cmd: PaymentMethodUpdated) -> HandleResult:
         method = cmd.payment_method
-        uow.upsert_payment_method(method)
+        uow.upsert_payment_methods([method])
         if not method.is_default:
             return HandleResult(cmd.event_id, note="not the default method: no retry")
         ids = uow.active_case_ids(customer_id=method.customer_id)
@@ -286,7 +318,7 @@ class Engine:
         return HandleResult(cmd.event_id, case_ids=tuple(c.id for c in cases))
 
     def _subscription_canceled(self, uow: UnitOfWork, cmd: SubscriptionCanceled) -> HandleResult:
-        uow.set_subscription_status(cmd.subscription_id, SubscriptionStatus.CANCELED)
+        uow.set_subscription_statuses([(cmd.subscription_id, SubscriptionStatus.CANCELED)])
         ids = uow.active_case_ids(subscription_id=cmd.subscription_id)
         cases = [b.case for b in uow.load_bundles(ids, cmd.occurred_at)]
         why = f": {cmd.reason}" if cmd.reason else ""
@@ -342,7 +374,7 @@ class Engine:
                     reason = f"Retry on {local} {timezone}: moved by the card network rule ({verdict.reason})"
         if at is not None:
             case.schedule(NextAction.RETRY, at, reason)
-            case.record(now, EventKind.RETRY_SCHEDULED, reason, at=at.isoformat())
+            case.record(now, EventKind.RETRY_SCHEDULED, reason, retry_at=at.isoformat())
             return adjustments
         case.record(now, EventKind.RETRY_SKIPPED, reason)
         final_at = max(case.opened_at + policy.window + timedelta(days=policy.grace_days), now)
@@ -351,7 +383,7 @@ class Engine:
         final_reason = (f"{policy.final_action} on {final_at:%Y-%m-%d %H:%M} UTC: end of the "
                         f"{policy.max_days}-day dunning window plus {policy.grace_days} days' grace")
         case.schedule(NextAction.FINAL_ACTION, final_at, final_reason)
-        case.record(now, EventKind.FINAL_ACTION_SCHEDULED, final_reason, at=final_at.isoformat())
+        case.record(now, EventKind.FINAL_ACTION_SCHEDULED, final_reason, final_at=final_at.isoformat())
         return adjustments
 
     # ------------------------------------------------------------------ ticking
@@ -365,9 +397,12 @@ class Engine:
                 ids = uow.claim_due(now, limit=self.batch_size, worker_id=self.worker_id,
                                     lease=self.lease)
                 uow.commit()
-            if not ids:
+            if ids:
+                report.add(self.process(ids, now, claimed=True))
+            if len(ids) < self.batch_size:
+                # A short batch means nothing else was due when we claimed; anything
+                # that became due since is picked up by the next tick.
                 return report
-            report.add(self.process(ids, now, claimed=True))
 
     def process(self, case_ids: Sequence[str], now: datetime, *, claimed: bool = False) -> TickReport:
         """Act on the given cases now (each must be due or claimed by this worker)."""
@@ -476,7 +511,7 @@ class Engine:
                                reason=f"recovered by attempt {attempt.number}")
             uow.set_invoice_status(case.invoice_id, InvoiceStatus.PAID, now)
             if case.subscription_id:
-                uow.set_subscription_status(case.subscription_id, SubscriptionStatus.ACTIVE)
+                uow.set_subscription_statuses([(case.subscription_id, SubscriptionStatus.ACTIVE)])
             report.recovered += 1
             cur = case.amount.currency
             report.recovered_amounts[cur] = report.recovered_amounts.get(cur, 0) + case.amount.amount_minor
@@ -537,14 +572,14 @@ class Engine:
         try:
             if action is FinalAction.CANCEL and case.subscription_id:
                 self.gateway.cancel_subscription(case.subscription_id, at=now, idempotency_key=key)
-                uow.set_subscription_status(case.subscription_id, SubscriptionStatus.CANCELED)
+                uow.set_subscription_statuses([(case.subscription_id, SubscriptionStatus.CANCELED)])
             elif action is FinalAction.PAUSE and case.subscription_id:
                 self.gateway.pause_subscription(case.subscription_id, at=now, idempotency_key=key)
-                uow.set_subscription_status(case.subscription_id, SubscriptionStatus.PAUSED)
+                uow.set_subscription_statuses([(case.subscription_id, SubscriptionStatus.PAUSED)])
             else:
                 self.gateway.mark_unpaid(case.invoice_id, at=now, idempotency_key=key)
                 if case.subscription_id:
-                    uow.set_subscription_status(case.subscription_id, SubscriptionStatus.UNPAID)
+                    uow.set_subscription_statuses([(case.subscription_id, SubscriptionStatus.UNPAID)])
         except GatewayError as exc:
             retry_at = now + FINAL_ACTION_RETRY
             case.record(now, EventKind.FINAL_ACTION_FAILED,

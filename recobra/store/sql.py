@@ -60,9 +60,74 @@ from recobra.store.tables import (
 CARD_HISTORY = timedelta(days=30)
 ACTIVE = [CaseStatus.OPEN.value, CaseStatus.EXHAUSTED.value]
 
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
 cases_t = CaseRow.__table__
 attempts_t = AttemptRow.__table__
 events_t = CaseEventRow.__table__
+customers_t = CustomerRow.__table__
+methods_t = PaymentMethodRow.__table__
+
+# Hot statements are built once, with expanding IN parameters, so executing them
+# skips SQLAlchemy's construction and cache-key work (a tick runs each of them).
+_ids = bindparam("ids", expanding=True)
+_SEEN_EVENTS = select(ProcessedEventRow.event_id).where(ProcessedEventRow.event_id.in_(_ids))
+_CASES_BY_ID = select(cases_t).where(cases_t.c.id.in_(_ids))
+_CASES_BY_INVOICE = select(cases_t).where(cases_t.c.invoice_id.in_(_ids))
+_CUSTOMERS_BY_ID = select(customers_t).where(customers_t.c.id.in_(_ids))
+_METHODS_BY_ID = select(methods_t).where(methods_t.c.id.in_(_ids))
+_OPEN_ATTEMPTS = select(attempts_t).where(
+    attempts_t.c.case_id.in_(_ids),
+    attempts_t.c.status.in_([AttemptStatus.PENDING.value, AttemptStatus.UNKNOWN.value]))
+_CARD_HISTORY = (
+    select(attempts_t.c.payment_method_id, attempts_t.c.at, attempts_t.c.status,
+           attempts_t.c.category, attempts_t.c.code, attempts_t.c.network_code,
+           attempts_t.c.advice_code)
+    .where(attempts_t.c.payment_method_id.in_(_ids), attempts_t.c.at >= bindparam("since"),
+           attempts_t.c.status != AttemptStatus.PENDING.value))
+_INSERT_CASES = cases_t.insert()
+_INSERT_EVENTS = events_t.insert()
+_INSERT_ATTEMPTS = attempts_t.insert()
+_FINISH_ATTEMPTS = (
+    update(attempts_t).where(attempts_t.c.idempotency_key == bindparam("k_key"))
+    .values(status=bindparam("v_status"), at=bindparam("v_at"), category=bindparam("v_category"),
+            code=bindparam("v_code"), network_code=bindparam("v_network_code"),
+            advice_code=bindparam("v_advice_code"),
+            gateway_reference=bindparam("v_gateway_reference")))
+_CASE_COLUMNS = (
+    "status", "closed_at", "payment_method_id", "last_category", "last_code", "last_network_code",
+    "last_advice_code", "last_attempt_at", "attempts", "budget_used", "errors_in_row", "next_action",
+    "next_action_at", "next_action_reason", "final_action")
+_SAVE_CASES = {
+    release: update(cases_t).where(cases_t.c.id == bindparam("k_id")).values(
+        **{c: bindparam(f"v_{c}") for c in _CASE_COLUMNS},
+        **({"claimed_by": None, "claim_expires_at": None} if release else {}))
+    for release in (False, True)
+}
+_NEXT_DUE = select(func.min(cases_t.c.next_action_at))
+
+
+def _claim_statement(dialect: str, by_id: bool) -> Any:
+    key = ("claim", dialect, by_id)
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        now = bindparam("now")
+        free = or_(cases_t.c.claim_expires_at.is_(None), cases_t.c.claim_expires_at < now)
+        due = select(cases_t.c.id).where(free)
+        if by_id:
+            due = due.where(cases_t.c.id.in_(bindparam("ids", expanding=True)),
+                            cases_t.c.status.in_(ACTIVE))
+        else:
+            due = due.where(cases_t.c.next_action_at <= now).order_by(cases_t.c.next_action_at)
+        due = due.limit(bindparam("limit"))
+        if dialect == "postgresql":
+            # Several workers: each skips rows another is claiming instead of waiting.
+            due = due.with_for_update(skip_locked=True)
+        stmt = (update(cases_t).where(and_(cases_t.c.id.in_(due.scalar_subquery()), free))
+                .values(claimed_by=bindparam("worker"), claim_expires_at=bindparam("expires"))
+                .returning(cases_t.c.id))
+        _STATEMENTS[key] = stmt
+    return stmt
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -95,14 +160,21 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
 
 def _upsert(conn: Connection, table: Any, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE, in one executemany. Statements are built once
+    per (dialect, table, columns): building them costs more than running them."""
     if not rows:
         return
     dialect = conn.dialect.name
-    ins: Any = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
-    cols = [c for c in rows[0] if c not in keys]
-    stmt = ins.on_conflict_do_update(
-        index_elements=list(keys), set_={c: getattr(ins.excluded, c) for c in cols}
-    )
+    cols = tuple(rows[0])
+    cache_key = ("upsert", dialect, table.name, cols, tuple(keys))
+    stmt = _STATEMENTS.get(cache_key)
+    if stmt is None:
+        ins: Any = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
+        stmt = ins.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={c: getattr(ins.excluded, c) for c in cols if c not in keys},
+        )
+        _STATEMENTS[cache_key] = stmt
     conn.execute(stmt, rows)
 
 
@@ -187,50 +259,58 @@ class SqlUnitOfWork:
         self._tx.commit()
 
     # -- events
-    def remember_event(self, event_id: str, kind: str, at: datetime) -> bool:
-        ins: Any = (postgresql.insert(ProcessedEventRow) if self.conn.dialect.name == "postgresql"
-                    else sqlite.insert(ProcessedEventRow))
-        result = self.conn.execute(
-            ins.values(event_id=event_id, kind=kind, occurred_at=at).on_conflict_do_nothing()
-        )
-        return bool(result.rowcount)
+    def remember_events(self, events: Sequence[tuple[str, str, datetime]]) -> set[str]:
+        if not events:
+            return set()
+        seen = set(self.conn.scalars(_SEEN_EVENTS, {"ids": [e[0] for e in events]}))
+        rows: dict[str, dict[str, Any]] = {}
+        for event_id, kind, at in events:
+            if event_id not in seen and event_id not in rows:
+                rows[event_id] = {"event_id": event_id, "kind": kind, "occurred_at": at}
+        if rows:
+            # A concurrent writer inserting the same id makes this fail and the whole
+            # unit of work roll back: the event is then a duplicate on its next delivery.
+            self.conn.execute(ProcessedEventRow.__table__.insert(), list(rows.values()))
+        return set(rows)
 
     # -- reference data
-    def upsert_customer(self, customer: Customer) -> None:
-        _upsert(self.conn, CustomerRow.__table__, [{
-            "id": customer.id, "email": customer.email, "name": customer.name,
-            "phone": customer.phone, "locale": customer.locale, "timezone": customer.timezone,
-            "country": customer.country, "created_at": customer.created_at}], ["id"])
+    def upsert_customers(self, customers: Sequence[Customer]) -> None:
+        _upsert(self.conn, customers_t, [{
+            "id": c.id, "email": c.email, "name": c.name, "phone": c.phone, "locale": c.locale,
+            "timezone": c.timezone, "country": c.country, "created_at": c.created_at}
+            for c in customers], ["id"])
 
-    def upsert_payment_method(self, method: PaymentMethod) -> None:
-        if method.is_default:
+    def upsert_payment_methods(self, methods: Sequence[PaymentMethod]) -> None:
+        defaults = [m for m in methods if m.is_default]
+        if defaults:
             self.conn.execute(
                 update(PaymentMethodRow)
-                .where(PaymentMethodRow.customer_id == method.customer_id,
-                       PaymentMethodRow.id != method.id, PaymentMethodRow.is_default)
+                .where(PaymentMethodRow.customer_id.in_({m.customer_id for m in defaults}),
+                       PaymentMethodRow.id.not_in({m.id for m in defaults}),
+                       PaymentMethodRow.is_default)
                 .values(is_default=False))
-        _upsert(self.conn, PaymentMethodRow.__table__, [{
-            "id": method.id, "customer_id": method.customer_id,
-            "gateway_token": method.gateway_token, "brand": method.brand,
-            "last4": method.last4, "exp_month": method.exp_month, "exp_year": method.exp_year,
-            "funding": method.funding.value, "is_default": method.is_default}], ["id"])
+        _upsert(self.conn, methods_t, [{
+            "id": m.id, "customer_id": m.customer_id, "gateway_token": m.gateway_token,
+            "brand": m.brand, "last4": m.last4, "exp_month": m.exp_month,
+            "exp_year": m.exp_year, "funding": m.funding.value, "is_default": m.is_default}
+            for m in methods], ["id"])
 
-    def upsert_subscription(self, subscription: Subscription) -> None:
-        plan = subscription.plan
+    def upsert_subscriptions(self, subscriptions: Sequence[Subscription]) -> None:
+        plans = {s.plan.id: s.plan for s in subscriptions}
         _upsert(self.conn, PlanRow.__table__, [{
-            "id": plan.id, "name": plan.name, "interval": plan.interval.value,
-            "amount_minor": plan.price.amount_minor, "currency": plan.price.currency}], ["id"])
+            "id": p.id, "name": p.name, "interval": p.interval.value,
+            "amount_minor": p.price.amount_minor, "currency": p.price.currency}
+            for p in plans.values()], ["id"])
         _upsert(self.conn, SubscriptionRow.__table__, [{
-            "id": subscription.id, "customer_id": subscription.customer_id, "plan_id": plan.id,
-            "status": subscription.status.value, "started_at": subscription.started_at}], ["id"])
+            "id": s.id, "customer_id": s.customer_id, "plan_id": s.plan.id,
+            "status": s.status.value, "started_at": s.started_at} for s in subscriptions], ["id"])
 
-    def upsert_invoice(self, invoice: Invoice) -> None:
+    def upsert_invoices(self, invoices: Sequence[Invoice]) -> None:
         _upsert(self.conn, InvoiceRow.__table__, [{
-            "id": invoice.id, "customer_id": invoice.customer_id,
-            "subscription_id": invoice.subscription_id,
-            "amount_minor": invoice.amount.amount_minor, "currency": invoice.amount.currency,
-            "status": invoice.status.value, "created_at": invoice.created_at,
-            "paid_at": None}], ["id"])
+            "id": i.id, "customer_id": i.customer_id, "subscription_id": i.subscription_id,
+            "amount_minor": i.amount.amount_minor, "currency": i.amount.currency,
+            "status": i.status.value, "created_at": i.created_at, "paid_at": None}
+            for i in invoices], ["id"])
 
     def set_invoice_status(self, invoice_id: str, status: InvoiceStatus, at: datetime) -> None:
         values: dict[str, Any] = {"status": status.value}
@@ -238,14 +318,20 @@ class SqlUnitOfWork:
             values["paid_at"] = at
         self.conn.execute(update(InvoiceRow).where(InvoiceRow.id == invoice_id).values(**values))
 
-    def set_subscription_status(self, subscription_id: str, status: SubscriptionStatus) -> None:
-        self.conn.execute(update(SubscriptionRow).where(SubscriptionRow.id == subscription_id)
-                          .values(status=status.value))
+    def set_subscription_statuses(self, statuses: Sequence[tuple[str, SubscriptionStatus]]) -> None:
+        if not statuses:
+            return
+        table = SubscriptionRow.__table__
+        stmt = (update(table).where(table.c.id == bindparam("k_id"))
+                .values(status=bindparam("v_status")))
+        self.conn.execute(stmt, [{"k_id": i, "v_status": st.value} for i, st in statuses])
 
     # -- cases
-    def case_for_invoice(self, invoice_id: str) -> DunningCase | None:
-        row = self.conn.execute(select(cases_t).where(cases_t.c.invoice_id == invoice_id)).first()
-        return _case_from_row(row) if row else None
+    def cases_for_invoices(self, invoice_ids: Sequence[str]) -> dict[str, DunningCase]:
+        if not invoice_ids:
+            return {}
+        rows = self.conn.execute(_CASES_BY_INVOICE, {"ids": list(set(invoice_ids))})
+        return {r.invoice_id: _case_from_row(r) for r in rows}
 
     def active_case_ids(self, *, customer_id: str | None = None,
                         subscription_id: str | None = None) -> list[str]:
@@ -260,38 +346,27 @@ class SqlUnitOfWork:
         if not case_ids:
             return []
         ids = list(case_ids)
-        rows = self.conn.execute(select(cases_t).where(cases_t.c.id.in_(ids))).all()
-        cases = [_case_from_row(r) for r in rows]
+        cases = [_case_from_row(r) for r in self.conn.execute(_CASES_BY_ID, {"ids": ids})]
         customers = {
             r.id: Customer(id=r.id, email=r.email, locale=r.locale, timezone=r.timezone,
                            country=r.country, name=r.name, phone=r.phone,
                            created_at=r.created_at)
-            for r in self.conn.execute(select(CustomerRow.__table__).where(
-                CustomerRow.id.in_({c.customer_id for c in cases})))
+            for r in self.conn.execute(_CUSTOMERS_BY_ID,
+                                       {"ids": list({c.customer_id for c in cases})})
         }
-        pm_ids = {c.payment_method_id for c in cases}
+        pm_ids = list({c.payment_method_id for c in cases})
         methods = {
             r.id: PaymentMethod(id=r.id, customer_id=r.customer_id, gateway_token=r.gateway_token,
                                 brand=r.brand, last4=r.last4, exp_month=r.exp_month,
                                 exp_year=r.exp_year, funding=Funding(r.funding),
                                 is_default=r.is_default)
-            for r in self.conn.execute(select(PaymentMethodRow.__table__).where(
-                PaymentMethodRow.id.in_(pm_ids)))
+            for r in self.conn.execute(_METHODS_BY_ID, {"ids": pm_ids})
         }
         open_attempts: dict[str, list[Attempt]] = {}
-        for r in self.conn.execute(select(attempts_t).where(
-                attempts_t.c.case_id.in_(ids),
-                attempts_t.c.status.in_([AttemptStatus.PENDING.value,
-                                         AttemptStatus.UNKNOWN.value]))):
+        for r in self.conn.execute(_OPEN_ATTEMPTS, {"ids": ids}):
             open_attempts.setdefault(r.case_id, []).append(_attempt_from_row(r))
         history: dict[str, list[PriorAttempt]] = {}
-        for r in self.conn.execute(
-                select(attempts_t.c.payment_method_id, attempts_t.c.at, attempts_t.c.status,
-                       attempts_t.c.category, attempts_t.c.code, attempts_t.c.network_code,
-                       attempts_t.c.advice_code)
-                .where(attempts_t.c.payment_method_id.in_(pm_ids),
-                       attempts_t.c.at >= now - CARD_HISTORY,
-                       attempts_t.c.status != AttemptStatus.PENDING.value)):
+        for r in self.conn.execute(_CARD_HISTORY, {"ids": pm_ids, "since": now - CARD_HISTORY}):
             decline = (None if r.status == AttemptStatus.SUCCEEDED.value
                        else _decline(r.category, r.code, r.network_code, r.advice_code))
             history.setdefault(r.payment_method_id, []).append(PriorAttempt(r.at, decline))
@@ -309,20 +384,7 @@ class SqlUnitOfWork:
                 pending=pending, last_status_unknown=unknown))
         return bundles
 
-    def add_case(self, case: DunningCase) -> None:
-        values = _case_values(case)
-        values.update(id=case.id, invoice_id=case.invoice_id, customer_id=case.customer_id,
-                      subscription_id=case.subscription_id,
-                      amount_minor=case.amount.amount_minor, currency=case.amount.currency,
-                      opened_at=case.opened_at, policy_name=case.policy_name,
-                      policy_version=case.policy_version, segment=case.segment)
-        self.conn.execute(cases_t.insert(), [values])
-        events = _event_values(case.collect_events())
-        if events:
-            self.conn.execute(events_t.insert(), events)
-
     def add_cases(self, cases: Sequence[DunningCase]) -> None:
-        """Bulk form of ``add_case``."""
         rows, events = [], []
         for case in cases:
             values = _case_values(case)
@@ -334,9 +396,9 @@ class SqlUnitOfWork:
             rows.append(values)
             events.extend(_event_values(case.collect_events()))
         if rows:
-            self.conn.execute(cases_t.insert(), rows)
+            self.conn.execute(_INSERT_CASES, rows)
         if events:
-            self.conn.execute(events_t.insert(), events)
+            self.conn.execute(_INSERT_EVENTS, events)
 
     def save_cases(self, cases: Sequence[DunningCase], *, release_claims: bool) -> None:
         if not cases:
@@ -347,18 +409,13 @@ class SqlUnitOfWork:
             values["k_id"] = case.id
             rows.append(values)
             events.extend(_event_values(case.collect_events()))
-        cols = {k[2:]: bindparam(k) for k in rows[0] if k.startswith("v_")}
-        if release_claims:
-            cols.update(claimed_by=None, claim_expires_at=None)  # type: ignore[dict-item]
-        stmt = update(cases_t).where(cases_t.c.id == bindparam("k_id")).values(**cols)
-        self.conn.execute(stmt, rows)
+        self.conn.execute(_SAVE_CASES[release_claims], rows)
         if events:
-            self.conn.execute(events_t.insert(), events)
+            self.conn.execute(_INSERT_EVENTS, events)
 
     def add_attempts(self, attempts: Sequence[Attempt]) -> None:
-        if not attempts:
-            return
-        self.conn.execute(attempts_t.insert(), [_attempt_values(a) for a in attempts])
+        if attempts:
+            self.conn.execute(_INSERT_ATTEMPTS, [_attempt_values(a) for a in attempts])
 
     def finish_attempts(self, attempts: Sequence[Attempt]) -> None:
         if not attempts:
@@ -370,29 +427,16 @@ class SqlUnitOfWork:
                          "v_category": v["category"], "v_code": v["code"],
                          "v_network_code": v["network_code"], "v_advice_code": v["advice_code"],
                          "v_gateway_reference": v["gateway_reference"]})
-        stmt = (update(attempts_t).where(attempts_t.c.idempotency_key == bindparam("k_key"))
-                .values(status=bindparam("v_status"), at=bindparam("v_at"),
-                        category=bindparam("v_category"), code=bindparam("v_code"),
-                        network_code=bindparam("v_network_code"),
-                        advice_code=bindparam("v_advice_code"),
-                        gateway_reference=bindparam("v_gateway_reference")))
-        self.conn.execute(stmt, rows)
+        self.conn.execute(_FINISH_ATTEMPTS, rows)
 
     def claim_due(self, now: datetime, *, limit: int, worker_id: str, lease: timedelta,
                   case_ids: Sequence[str] | None = None) -> list[str]:
-        free = or_(cases_t.c.claim_expires_at.is_(None), cases_t.c.claim_expires_at < now)
-        due = select(cases_t.c.id).where(free)
+        stmt = _claim_statement(self.conn.dialect.name, case_ids is not None)
+        params: dict[str, Any] = {"now": now, "limit": limit, "worker": worker_id,
+                                  "expires": now + lease}
         if case_ids is not None:
-            due = due.where(cases_t.c.id.in_(list(case_ids)), cases_t.c.status.in_(ACTIVE))
-        else:
-            due = due.where(cases_t.c.next_action_at <= now).order_by(cases_t.c.next_action_at)
-        due = due.limit(limit)
-        if self.conn.dialect.name == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        stmt = (update(cases_t).where(and_(cases_t.c.id.in_(due.scalar_subquery()), free))
-                .values(claimed_by=worker_id, claim_expires_at=now + lease)
-                .returning(cases_t.c.id))
-        return list(self.conn.scalars(stmt))
+            params["ids"] = list(case_ids)
+        return list(self.conn.scalars(stmt, params))
 
 
 def _attempt_values(a: Attempt) -> dict[str, Any]:
@@ -420,7 +464,7 @@ class SqlStore:
 
     def next_due_at(self) -> datetime | None:
         with self.engine.connect() as conn:
-            value: datetime | None = conn.scalar(select(func.min(cases_t.c.next_action_at)))
+            value: datetime | None = conn.scalar(_NEXT_DUE)
             return value
 
     def dispose(self) -> None:

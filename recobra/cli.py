@@ -1,0 +1,473 @@
+"""The ``recobra`` command line (Typer). Thin: parse options, call factories and services."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from recobra.bootstrap import NotInitialised, build_engine, load_policies, open_store
+from recobra.domain.errors import DomainError
+from recobra.gateways.loader import GatewayLoadError, load_gateway
+from recobra.policyfile import PolicyError, load_policy_file
+from recobra.settings import Settings, SettingsError, load_settings
+from recobra.store.migrate import upgrade
+from recobra.store.sql import make_engine
+
+app = typer.Typer(help="Recobra: recover failed subscription payments and keep customers.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+policy_app = typer.Typer(help="Check and show policy files.", no_args_is_help=True)
+events_app = typer.Typer(help="Feed events to the engine.", no_args_is_help=True)
+cases_app = typer.Typer(help="Look at dunning cases.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(events_app, name="events")
+app.add_typer(cases_app, name="cases")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file "
+                                                "([recobra] table); RECOBRA_* variables override it.")]
+DbOpt = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL; default "
+                                           "RECOBRA_DATABASE_URL or sqlite:///recobra.db")]
+GatewayOpt = Annotated[str | None, typer.Option("--gateway", help="Gateway name (entry point) or "
+                                                "dotted path package.module:factory")]
+GatewaySettingOpt = Annotated[list[str] | None, typer.Option(
+    "--gateway-setting", help="KEY=VALUE passed to the gateway factory (repeatable)")]
+PolicyOpt = Annotated[Path | None, typer.Option("--policy", help="Policy file (TOML); default: "
+                                                "the shipped policy")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    gateway_settings = overrides.pop("gateway_setting", None)
+    try:
+        settings = load_settings(config, **overrides)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+    if gateway_settings:
+        extra = dict(settings.gateway_settings)
+        for item in gateway_settings:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise fail(f"--gateway-setting: expected KEY=VALUE, got {item!r}")
+            extra[key.strip()] = value
+        settings = settings.model_copy(update={"gateway_settings": extra})
+    return settings
+
+
+@app.command()
+def init(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
+    """Create the database schema, or upgrade it to this version's."""
+    settings = _settings(config, database_url=database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        revision = upgrade(engine)
+    finally:
+        engine.dispose()
+    console.print(f"database ready at schema revision [bold]{revision}[/]")
+
+
+# ---------------------------------------------------------------- policy
+
+@policy_app.command("check")
+def policy_check(file: Path) -> None:
+    """Validate a policy file; errors name the field and the reason."""
+    try:
+        loaded = load_policy_file(file)
+    except PolicyError as exc:
+        err.print(f"[bold red]{exc.source}: invalid policy[/]", highlight=False)
+        for field, reason in exc.problems:
+            err.print(f"  [bold]{field}[/]: {reason}", highlight=False)
+        raise typer.Exit(1) from None
+    _print_policy(loaded.policies, title=f"{file}: valid (sha256 {loaded.checksum[:12]})")
+
+
+@policy_app.command("show")
+def policy_show(config: ConfigOpt = None, policy: PolicyOpt = None) -> None:
+    """Show the policy in effect (the configured file, or the shipped default)."""
+    settings = _settings(config, policy_file=str(policy) if policy else None)
+    try:
+        loaded = load_policies(settings)
+    except PolicyError as exc:
+        raise fail(str(exc)) from None
+    _print_policy(loaded.policies, title=f"policy {loaded.policies.name!r} v{loaded.policies.version}")
+
+
+def _print_policy(policies: Any, title: str) -> None:
+    from recobra.domain.policy import format_duration  # noqa: PLC0415
+
+    table = Table(title=title, title_justify="left")
+    for col in ("policy", "strategy", "retries after failure", "max attempts", "window",
+                "grace", "final action"):
+        table.add_column(col)
+    for name, p in policies.policies.items():
+        table.add_row(name, p.strategy.value, ", ".join(format_duration(s) for s in p.steps),
+                      str(p.max_attempts), f"{p.max_days}d", f"{p.grace_days}d", p.final_action.value)
+    console.print(table)
+    seg = Table(title="segments (first match wins)", title_justify="left")
+    seg.add_column("segment")
+    seg.add_column("matches")
+    seg.add_column("policy")
+    for s in policies.segments:
+        rule = {k: sorted(v) if isinstance(v, frozenset) else v
+                for k, v in asdict(s.rule).items() if v not in (None, frozenset())}
+        seg.add_row(s.name, json.dumps(rule, default=str) or "everything", s.policy)
+    seg.add_row("default", "anything else", policies.default_policy)
+    console.print(seg)
+
+
+# ---------------------------------------------------------------- events
+
+@events_app.command("ingest")
+def events_ingest(file: Annotated[Path, typer.Argument(help="JSON array, object or JSON Lines; - for stdin")],
+                  config: ConfigOpt = None, database_url: DbOpt = None,
+                  gateway: GatewayOpt = None, gateway_setting: GatewaySettingOpt = None,
+                  policy: PolicyOpt = None) -> None:
+    """Validate every event, then apply them all in one transaction (or none)."""
+    from recobra.schemas import EventError, parse_events_text  # noqa: PLC0415
+
+    settings = _settings(config, database_url=database_url, gateway=gateway,
+                         gateway_setting=gateway_setting,
+                         policy_file=str(policy) if policy else None)
+    text = sys.stdin.read() if str(file) == "-" else _read(file)
+    try:
+        commands = parse_events_text(text, source=str(file))
+    except EventError as exc:
+        err.print(f"[bold red]{file}: invalid events, nothing was written[/]", highlight=False)
+        for field, reason in exc.problems:
+            err.print(f"  [bold]{field}[/]: {reason}", highlight=False)
+        raise typer.Exit(1) from None
+    engine = _engine(settings)
+    results = engine.handle_many(commands)
+    dupes = sum(r.duplicate for r in results)
+    console.print(f"applied {len(results) - dupes} event(s); {dupes} duplicate(s) ignored")
+
+
+def _read(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"{file}: cannot read: {exc.strerror}") from None
+
+
+def _engine(settings: Settings, **kwargs: Any) -> Any:
+    try:
+        return build_engine(settings, **kwargs)
+    except (NotInitialised, GatewayLoadError, PolicyError) as exc:
+        raise fail(str(exc)) from None
+
+
+# ---------------------------------------------------------------- worker
+
+def _parse_now(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        now = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(f"--now: not an ISO 8601 time: {value!r}") from None
+    if now.tzinfo is None:
+        raise fail("--now: must include a time zone, e.g. 2026-12-01T09:00:00Z")
+    return now
+
+
+@app.command()
+def tick(config: ConfigOpt = None, database_url: DbOpt = None, gateway: GatewayOpt = None,
+         gateway_setting: GatewaySettingOpt = None, policy: PolicyOpt = None,
+         now: Annotated[str | None, typer.Option(help="Act as if it were this time (ISO 8601)")] = None,
+         ) -> None:
+    """Act once on every case due now, then exit."""
+    settings = _settings(config, database_url=database_url, gateway=gateway,
+                         gateway_setting=gateway_setting,
+                         policy_file=str(policy) if policy else None)
+    engine = _engine(settings)
+    report = engine.tick(_parse_now(now))
+    console.print_json(json.dumps({k: getattr(report, k) for k in report.__slots__}))
+
+
+@app.command()
+def worker(config: ConfigOpt = None, database_url: DbOpt = None, gateway: GatewayOpt = None,
+           gateway_setting: GatewaySettingOpt = None, policy: PolicyOpt = None,
+           interval: Annotated[float | None, typer.Option(help="Seconds between polls")] = None,
+           ) -> None:
+    """Run the dunning loop until SIGTERM or Ctrl-C; finishes the batch in hand, then exits."""
+    settings = _settings(config, database_url=database_url, gateway=gateway,
+                         gateway_setting=gateway_setting,
+                         policy_file=str(policy) if policy else None, poll_interval_s=interval)
+    engine = _engine(settings)
+    stopping = False
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        err.print(f"received {signal.Signals(signum).name}: finishing the current batch")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    err.print(f"worker {settings.worker_id} polling every {settings.poll_interval_s}s "
+              f"(gateway {engine.gateway.name})")
+    while not stopping:
+        report = engine.tick(datetime.now(UTC))
+        if report.claimed:
+            err.print(f"claimed {report.claimed}, attempts {report.attempts}, recovered "
+                      f"{report.recovered}, final actions {report.final_actions}")
+        deadline = time.monotonic() + settings.poll_interval_s
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(min(0.2, settings.poll_interval_s))
+    err.print("worker stopped")
+
+
+# ---------------------------------------------------------------- simulate / demo
+
+def _run_simulation(*, customers: int, days: int, seed: int, policy: Path | None, gateway: str,
+                    gateway_settings: dict[str, str], database_url: str, start: datetime,
+                    resolution_minutes: int, show_progress: bool) -> dict[str, Any]:
+    from recobra.sim.business import Business, ObservedGateway  # noqa: PLC0415
+    from recobra.sim.report import build_report  # noqa: PLC0415
+
+    settings = Settings(database_url=database_url, gateway=gateway,
+                        gateway_settings={"seed": str(seed), **gateway_settings}
+                        if gateway == "simulated" else gateway_settings,
+                        policy_file=str(policy) if policy else None)
+    try:
+        policies = load_policies(settings)
+        inner = load_gateway(settings.gateway, settings.gateway_settings)
+    except (PolicyError, GatewayLoadError) as exc:
+        raise fail(str(exc)) from None
+    db = make_engine(database_url)
+    upgrade(db)
+    db.dispose()
+    store = open_store(database_url)
+    with store.engine.connect() as conn:
+        from sqlalchemy import text  # noqa: PLC0415
+
+        if conn.scalar(text("select count(*) from cases")):
+            store.dispose()
+            raise fail(f"{database_url} already holds cases: simulate into an empty database")
+    observed = ObservedGateway(inner)
+    engine = build_engine(settings, store=store, gateway=observed, policies=policies)
+    started = time.perf_counter()
+    try:
+        business = Business(engine, observed, customers=customers, days=days, seed=seed,
+                            start=start, resolution=timedelta(minutes=resolution_minutes))
+    except (ValueError, DomainError) as exc:
+        raise fail(str(exc)) from None
+    if show_progress:
+        with Progress(TextColumn("[bold]simulating[/] {task.description}"), BarColumn(),
+                      TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                      console=err, transient=True) as progress:
+            task = progress.add_task(f"{customers:,} customers x {days} days", total=1.0)
+            stats = business.run(lambda f: progress.update(task, completed=f))
+    else:
+        stats = business.run()
+    wall = time.perf_counter() - started
+    report = build_report(store.engine, stats, wall_seconds=wall, settings={
+        "customers": customers, "days": days, "seed": seed, "gateway": gateway,
+        "policy": str(policy) if policy else "default", "start": start.isoformat(),
+        "resolution_minutes": resolution_minutes})
+    store.dispose()
+    return report.as_dict()
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    t = Table(title="Simulation report", title_justify="left", show_header=False)
+    t.add_column("figure", style="bold")
+    t.add_column("value", justify="right")
+    money = ", ".join(f"{v:,} {k}" for k, v in r["recovered_amount_minor"].items()) or "0"
+    rows = [
+        ("invoices billed", f"{r['invoices']:,}"),
+        ("failed on first attempt", f"{r['failed_invoices']:,} ({r['first_attempt_failure_rate']:.1%})"),
+        ("cases opened", f"{r['cases_opened']:,}"),
+        ("recovered", f"{r['recovered_invoices']:,}"),
+        ("recovery rate", f"{r['recovery_rate']:.1%}"),
+        ("recovered amount (minor units)", money),
+        ("retry attempts", f"{r['attempts']:,}"),
+        ("attempts per recovered invoice", str(r["attempts_per_recovered_invoice"])),
+        ("days to recover (median / p90)",
+         f"{r['days_to_recover']['median']} / {r['days_to_recover']['p90']}"),
+        ("final actions", ", ".join(f"{k}: {v:,}" for k, v in r["final_actions"].items()) or "none"),
+        ("network-rule adjustments", f"{r['network_rule_adjustments']:,}"),
+        ("still open at the end", str(r["cases_by_status"].get("open", 0)
+                                      + r["cases_by_status"].get("exhausted", 0))),
+        ("wall time", f"{r['wall_seconds']} s ({r['invoices_per_second']} invoices/s)"),
+    ]
+    for name, value in rows:
+        t.add_row(name, value)
+    console.print(t)
+    c = Table(title="Outcome by first decline category", title_justify="left")
+    statuses = sorted({s for v in r["outcome_by_decline_category"].values() for s in v})
+    c.add_column("category")
+    for s in statuses:
+        c.add_column(s, justify="right")
+    for cat, counts in r["outcome_by_decline_category"].items():
+        c.add_row(cat, *(f"{counts.get(s, 0):,}" for s in statuses))
+    console.print(c)
+
+
+StartOpt = Annotated[str, typer.Option(help="Simulated start time (ISO 8601, with zone)")]
+
+
+@app.command()
+def simulate(
+    customers: Annotated[int, typer.Option(min=1, help="Number of subscribers")] = 1000,
+    days: Annotated[int, typer.Option(min=1, help="Days to simulate")] = 90,
+    seed: Annotated[int, typer.Option(help="Random seed (business and simulated gateway)")] = 1,
+    policy: PolicyOpt = None,
+    gateway: Annotated[str, typer.Option(help="Gateway name or package.module:factory")] = "simulated",
+    gateway_setting: GatewaySettingOpt = None,
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", help="Empty database to simulate into; default: a temporary SQLite file")] = None,
+    start: StartOpt = "2026-01-01T00:00:00+00:00",
+    resolution: Annotated[int, typer.Option(min=1, help="Worker polling resolution, minutes")] = 60,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object")] = False,
+) -> None:
+    """Run a synthetic subscription business through the real engine and store."""
+    extra = {}
+    for item in gateway_setting or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise fail(f"--gateway-setting: expected KEY=VALUE, got {item!r}")
+        extra[key] = value
+    tmp = None
+    if database_url is None:
+        tmp = tempfile.mkdtemp(prefix="recobra-sim-")
+        database_url = f"sqlite:///{Path(tmp) / 'simulation.db'}"
+    try:
+        report = _run_simulation(customers=customers, days=days, seed=seed, policy=policy,
+                                 gateway=gateway, gateway_settings=extra, database_url=database_url,
+                                 start=_parse_now(start), resolution_minutes=resolution,
+                                 show_progress=not as_json or sys.stderr.isatty())
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_report(report)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo database goes")] = Path("recobra-demo"),
+    customers: Annotated[int, typer.Option(min=1)] = 2000,
+    days: Annotated[int, typer.Option(min=1)] = 120,
+    seed: int = 7,
+) -> None:
+    """The one-command tour: a fresh SQLite database, a seeded business, a few months, the report."""
+    directory.mkdir(parents=True, exist_ok=True)
+    db_file = directory / "recobra.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_file}{suffix}").unlink(missing_ok=True)
+    url = f"sqlite:///{db_file}"
+    console.rule("[bold]Recobra demo")
+    console.print(f"A subscription business of {customers:,} customers in Spanish- and English-speaking "
+                  f"markets, {days} days, simulated payment gateway (seed {seed}).\n"
+                  f"Every renewal is charged through the gateway; failures open dunning cases that "
+                  f"the engine retries under the default policy.\n")
+    report = _run_simulation(customers=customers, days=days, seed=seed, policy=None,
+                             gateway="simulated", gateway_settings={}, database_url=url,
+                             start=datetime(2026, 1, 1, tzinfo=UTC), resolution_minutes=30,
+                             show_progress=True)
+    _print_report(report)
+    console.print(f"\n[bold]What to try next[/] (the database is {db_file}):")
+    env = f"RECOBRA_DATABASE_URL={url}"
+    console.print(f"  {env} recobra cases list --status recovered     # cases and outcomes")
+    console.print(f"  {env} recobra cases show <case id>              # a case's timeline, with the reason for every decision")
+    console.print("  recobra policy show                                # the default policy")
+    console.print("  recobra simulate --customers 5000 --days 365 --policy my-policy.toml   # try your own policy")
+    console.print("  recobra simulate --json ...                        # the same report as JSON")
+
+
+# ---------------------------------------------------------------- cases
+
+@cases_app.command("list")
+def cases_list(config: ConfigOpt = None, database_url: DbOpt = None,
+               status: Annotated[str | None, typer.Option(help="open, recovered, exhausted, ...")] = None,
+               limit: Annotated[int, typer.Option(min=1, max=1000)] = 20) -> None:
+    """The most recent cases."""
+    from sqlalchemy import select  # noqa: PLC0415
+
+    from recobra.store.tables import CaseRow  # noqa: PLC0415
+
+    settings = _settings(config, database_url=database_url)
+    store = _store(settings)
+    stmt = select(CaseRow).order_by(CaseRow.opened_at.desc()).limit(limit)
+    if status:
+        stmt = stmt.where(CaseRow.status == status)
+    t = Table()
+    for col in ("case", "status", "amount", "decline", "attempts", "next action"):
+        t.add_column(col)
+    from sqlalchemy.orm import Session  # noqa: PLC0415
+
+    from recobra.domain.money import Money  # noqa: PLC0415
+
+    with Session(store.engine) as session:
+        for row in session.scalars(stmt):
+            nxt = (f"{row.next_action} {row.next_action_at:%Y-%m-%d %H:%M}" if row.next_action_at
+                   else "-")
+            t.add_row(row.id, row.status, str(Money(row.amount_minor, row.currency)),
+                      f"{row.last_category} ({row.last_code or '-'})", str(row.attempts), nxt)
+    console.print(t)
+
+
+@cases_app.command("show")
+def cases_show(case_id: str, config: ConfigOpt = None, database_url: DbOpt = None) -> None:
+    """A case's timeline: every attempt and decision with its reason."""
+    from sqlalchemy import select  # noqa: PLC0415
+    from sqlalchemy.orm import Session  # noqa: PLC0415
+
+    from recobra.store.tables import CaseEventRow, CaseRow  # noqa: PLC0415
+
+    settings = _settings(config, database_url=database_url)
+    store = _store(settings)
+    with Session(store.engine) as session:
+        case = session.get(CaseRow, case_id)
+        if case is None:
+            raise fail(f"no case {case_id!r}", 1)
+        console.print(f"[bold]{case.id}[/] invoice {case.invoice_id}, customer {case.customer_id}: "
+                      f"[bold]{case.status}[/], policy {case.policy_name} v{case.policy_version} "
+                      f"(segment {case.segment}), {case.attempts} retries")
+        t = Table()
+        t.add_column("when (UTC)")
+        t.add_column("what")
+        t.add_column("why")
+        for ev in session.scalars(select(CaseEventRow).where(CaseEventRow.case_id == case_id)
+                                  .order_by(CaseEventRow.id)):
+            what = ev.kind + (f" -> {ev.to_status}" if ev.to_status else "")
+            t.add_row(f"{ev.at:%Y-%m-%d %H:%M}", what, ev.reason)
+        console.print(t)
+
+
+def _store(settings: Settings) -> Any:
+    try:
+        return open_store(settings.database_url)
+    except NotInitialised as exc:
+        raise fail(str(exc)) from None
+
+
+def main() -> None:
+    os.environ.setdefault("COLUMNS", os.environ.get("COLUMNS", "120"))
+    app()
+
+
+if __name__ == "__main__":
+    main()
