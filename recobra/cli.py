@@ -10,19 +10,17 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from recobra.bootstrap import NotInitialised, build_engine, load_policies, open_store
-from recobra.domain.errors import DomainError
-from recobra.gateways.loader import GatewayLoadError, load_gateway
+from recobra.gateways.loader import GatewayLoadError
 from recobra.policyfile import PolicyError, load_policy_file
 from recobra.settings import Settings, SettingsError, load_settings
 from recobra.store.migrate import upgrade
@@ -238,54 +236,13 @@ def worker(config: ConfigOpt = None, database_url: DbOpt = None, gateway: Gatewa
 
 # ---------------------------------------------------------------- simulate / demo
 
-def _run_simulation(*, customers: int, days: int, seed: int, policy: Path | None, gateway: str,
-                    gateway_settings: dict[str, str], database_url: str, start: datetime,
-                    resolution_minutes: int, show_progress: bool) -> dict[str, Any]:
-    from recobra.sim.business import Business, ObservedGateway  # noqa: PLC0415
-    from recobra.sim.report import build_report  # noqa: PLC0415
+def _simulate(**kwargs: Any) -> dict[str, Any]:
+    from recobra.sim.runner import SimulationError, run_simulation  # noqa: PLC0415
 
-    settings = Settings(database_url=database_url, gateway=gateway,
-                        gateway_settings={"seed": str(seed), **gateway_settings}
-                        if gateway == "simulated" else gateway_settings,
-                        policy_file=str(policy) if policy else None)
     try:
-        policies = load_policies(settings)
-        inner = load_gateway(settings.gateway, settings.gateway_settings)
-    except (PolicyError, GatewayLoadError) as exc:
+        return run_simulation(**kwargs, progress_console=err)
+    except SimulationError as exc:
         raise fail(str(exc)) from None
-    db = make_engine(database_url)
-    upgrade(db)
-    db.dispose()
-    store = open_store(database_url)
-    with store.engine.connect() as conn:
-        from sqlalchemy import text  # noqa: PLC0415
-
-        if conn.scalar(text("select count(*) from cases")):
-            store.dispose()
-            raise fail(f"{database_url} already holds cases: simulate into an empty database")
-    observed = ObservedGateway(inner)
-    engine = build_engine(settings, store=store, gateway=observed, policies=policies)
-    started = time.perf_counter()
-    try:
-        business = Business(engine, observed, customers=customers, days=days, seed=seed,
-                            start=start, resolution=timedelta(minutes=resolution_minutes))
-    except (ValueError, DomainError) as exc:
-        raise fail(str(exc)) from None
-    if show_progress:
-        with Progress(TextColumn("[bold]simulating[/] {task.description}"), BarColumn(),
-                      TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                      console=err, transient=True) as progress:
-            task = progress.add_task(f"{customers:,} customers x {days} days", total=1.0)
-            stats = business.run(lambda f: progress.update(task, completed=f))
-    else:
-        stats = business.run()
-    wall = time.perf_counter() - started
-    report = build_report(store.engine, stats, wall_seconds=wall, settings={
-        "customers": customers, "days": days, "seed": seed, "gateway": gateway,
-        "policy": str(policy) if policy else "default", "start": start.isoformat(),
-        "resolution_minutes": resolution_minutes})
-    store.dispose()
-    return report.as_dict()
 
 
 def _print_report(r: dict[str, Any]) -> None:
@@ -352,10 +309,10 @@ def simulate(
         tmp = tempfile.mkdtemp(prefix="recobra-sim-")
         database_url = f"sqlite:///{Path(tmp) / 'simulation.db'}"
     try:
-        report = _run_simulation(customers=customers, days=days, seed=seed, policy=policy,
-                                 gateway=gateway, gateway_settings=extra, database_url=database_url,
-                                 start=_parse_now(start), resolution_minutes=resolution,
-                                 show_progress=not as_json or sys.stderr.isatty())
+        report = _simulate(customers=customers, days=days, seed=seed, policy=policy,
+                           gateway=gateway, gateway_settings=extra, database_url=database_url,
+                           start=_parse_now(start), resolution_minutes=resolution,
+                           show_progress=not as_json or sys.stderr.isatty())
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -383,10 +340,10 @@ def demo(
                   f"markets, {days} days, simulated payment gateway (seed {seed}).\n"
                   f"Every renewal is charged through the gateway; failures open dunning cases that "
                   f"the engine retries under the default policy.\n")
-    report = _run_simulation(customers=customers, days=days, seed=seed, policy=None,
-                             gateway="simulated", gateway_settings={}, database_url=url,
-                             start=datetime(2026, 1, 1, tzinfo=UTC), resolution_minutes=30,
-                             show_progress=True)
+    report = _simulate(customers=customers, days=days, seed=seed, policy=None,
+                       gateway="simulated", gateway_settings={}, database_url=url,
+                       start=datetime(2026, 1, 1, tzinfo=UTC), resolution_minutes=30,
+                       show_progress=True)
     _print_report(report)
     console.print(f"\n[bold]What to try next[/] (the database is {db_file}):")
     env = f"RECOBRA_DATABASE_URL={url}"

@@ -1,0 +1,43 @@
+# Two entry points for a new user: `make demo` and `make test`.
+# Both create the virtual environment in .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint install install-test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## Run the demo: fresh SQLite database, simulated gateway, a seeded business.
+demo: $(VENV)/.installed
+	$(BIN)/recobra demo
+
+## Lint, type-check, check the architecture, then run every test. The suite runs on
+## SQLite, and on PostgreSQL too when RECOBRA_TEST_DATABASE_URL is set.
+test: $(VENV)/.installed-test lint
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check recobra tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## The year-long benchmark (100,000 subscribers, 12 months) on SQLite.
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/simulate_year.py
+
+clean:
+	rm -rf $(VENV) recobra-demo .pytest_cache .mypy_cache .ruff_cache
