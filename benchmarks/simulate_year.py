@@ -36,7 +36,9 @@ def _reset(url: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--seed", type=int, default=1)
@@ -56,10 +58,18 @@ def main() -> None:
     started = time.perf_counter()
     if profiler:
         profiler.enable()
-    report = run_simulation(customers=args.customers, days=args.days, seed=args.seed, policy=None,
-                            gateway="simulated", gateway_settings={}, database_url=url,
-                            start=datetime(2026, 1, 1, tzinfo=UTC),
-                            resolution_minutes=args.resolution, show_progress=True)
+    report = run_simulation(
+        customers=args.customers,
+        days=args.days,
+        seed=args.seed,
+        policy=None,
+        gateway="simulated",
+        gateway_settings={},
+        database_url=url,
+        start=datetime(2026, 1, 1, tzinfo=UTC),
+        resolution_minutes=args.resolution,
+        show_progress=True,
+    )
     if profiler:
         profiler.disable()
     total = time.perf_counter() - started

@@ -36,9 +36,13 @@ def open_store(url: str, *, require_schema: bool = True) -> SqlStore:
     return store
 
 
-def build_engine(settings: Settings, *, store: SqlStore | None = None,
-                 gateway: PaymentGateway | None = None,
-                 policies: LoadedPolicy | None = None) -> Engine:
+def build_engine(
+    settings: Settings,
+    *,
+    store: SqlStore | None = None,
+    gateway: PaymentGateway | None = None,
+    policies: LoadedPolicy | None = None,
+) -> Engine:
     return Engine(
         store or open_store(settings.database_url),
         gateway or load_gateway(settings.gateway, settings.gateway_settings),

@@ -26,8 +26,12 @@ from recobra.settings import Settings, SettingsError, load_settings
 from recobra.store.migrate import upgrade
 from recobra.store.sql import make_engine
 
-app = typer.Typer(help="Recobra: recover failed subscription payments and keep customers.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Recobra: recover failed subscription payments and keep customers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 policy_app = typer.Typer(help="Check and show policy files.", no_args_is_help=True)
 events_app = typer.Typer(help="Feed events to the engine.", no_args_is_help=True)
 cases_app = typer.Typer(help="Look at dunning cases.", no_args_is_help=True)
@@ -38,16 +42,29 @@ app.add_typer(cases_app, name="cases")
 console = Console()
 err = Console(stderr=True)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file "
-                                                "([recobra] table); RECOBRA_* variables override it.")]
-DbOpt = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL; default "
-                                           "RECOBRA_DATABASE_URL or sqlite:///recobra.db")]
-GatewayOpt = Annotated[str | None, typer.Option("--gateway", help="Gateway name (entry point) or "
-                                                "dotted path package.module:factory")]
-GatewaySettingOpt = Annotated[list[str] | None, typer.Option(
-    "--gateway-setting", help="KEY=VALUE passed to the gateway factory (repeatable)")]
-PolicyOpt = Annotated[Path | None, typer.Option("--policy", help="Policy file (TOML); default: "
-                                                "the shipped policy")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="TOML configuration file ([recobra] table); RECOBRA_* variables override it."
+    ),
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", help="SQLAlchemy URL; default RECOBRA_DATABASE_URL or sqlite:///recobra.db"
+    ),
+]
+GatewayOpt = Annotated[
+    str | None,
+    typer.Option("--gateway", help="Gateway name (entry point) or dotted path package.module:factory"),
+]
+GatewaySettingOpt = Annotated[
+    list[str] | None,
+    typer.Option("--gateway-setting", help="KEY=VALUE passed to the gateway factory (repeatable)"),
+]
+PolicyOpt = Annotated[
+    Path | None, typer.Option("--policy", help="Policy file (TOML); default: the shipped policy")
+]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -86,6 +103,7 @@ def init(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
 
 # ---------------------------------------------------------------- policy
 
+
 @policy_app.command("check")
 def policy_check(file: Path) -> None:
     """Validate a policy file; errors name the field and the reason."""
@@ -114,20 +132,37 @@ def _print_policy(policies: Any, title: str) -> None:
     from recobra.domain.policy import format_duration  # noqa: PLC0415
 
     table = Table(title=title, title_justify="left")
-    for col in ("policy", "strategy", "retries after failure", "max attempts", "window",
-                "grace", "final action"):
+    for col in (
+        "policy",
+        "strategy",
+        "retries after failure",
+        "max attempts",
+        "window",
+        "grace",
+        "final action",
+    ):
         table.add_column(col)
     for name, p in policies.policies.items():
-        table.add_row(name, p.strategy.value, ", ".join(format_duration(s) for s in p.steps),
-                      str(p.max_attempts), f"{p.max_days}d", f"{p.grace_days}d", p.final_action.value)
+        table.add_row(
+            name,
+            p.strategy.value,
+            ", ".join(format_duration(s) for s in p.steps),
+            str(p.max_attempts),
+            f"{p.max_days}d",
+            f"{p.grace_days}d",
+            p.final_action.value,
+        )
     console.print(table)
     seg = Table(title="segments (first match wins)", title_justify="left")
     seg.add_column("segment")
     seg.add_column("matches")
     seg.add_column("policy")
     for s in policies.segments:
-        rule = {k: sorted(v) if isinstance(v, frozenset) else v
-                for k, v in asdict(s.rule).items() if v not in (None, frozenset())}
+        rule = {
+            k: sorted(v) if isinstance(v, frozenset) else v
+            for k, v in asdict(s.rule).items()
+            if v not in (None, frozenset())
+        }
         seg.add_row(s.name, json.dumps(rule, default=str) or "everything", s.policy)
     seg.add_row("default", "anything else", policies.default_policy)
     console.print(seg)
@@ -135,17 +170,26 @@ def _print_policy(policies: Any, title: str) -> None:
 
 # ---------------------------------------------------------------- events
 
+
 @events_app.command("ingest")
-def events_ingest(file: Annotated[Path, typer.Argument(help="JSON array, object or JSON Lines; - for stdin")],
-                  config: ConfigOpt = None, database_url: DbOpt = None,
-                  gateway: GatewayOpt = None, gateway_setting: GatewaySettingOpt = None,
-                  policy: PolicyOpt = None) -> None:
+def events_ingest(
+    file: Annotated[Path, typer.Argument(help="JSON array, object or JSON Lines; - for stdin")],
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    gateway: GatewayOpt = None,
+    gateway_setting: GatewaySettingOpt = None,
+    policy: PolicyOpt = None,
+) -> None:
     """Validate every event, then apply them all in one transaction (or none)."""
     from recobra.schemas import EventError, parse_events_text  # noqa: PLC0415
 
-    settings = _settings(config, database_url=database_url, gateway=gateway,
-                         gateway_setting=gateway_setting,
-                         policy_file=str(policy) if policy else None)
+    settings = _settings(
+        config,
+        database_url=database_url,
+        gateway=gateway,
+        gateway_setting=gateway_setting,
+        policy_file=str(policy) if policy else None,
+    )
     text = sys.stdin.read() if str(file) == "-" else _read(file)
     try:
         commands = parse_events_text(text, source=str(file))
@@ -176,6 +220,7 @@ def _engine(settings: Settings, **kwargs: Any) -> Any:
 
 # ---------------------------------------------------------------- worker
 
+
 def _parse_now(value: str | None) -> datetime:
     if value is None:
         return datetime.now(UTC)
@@ -189,28 +234,45 @@ def _parse_now(value: str | None) -> datetime:
 
 
 @app.command()
-def tick(config: ConfigOpt = None, database_url: DbOpt = None, gateway: GatewayOpt = None,
-         gateway_setting: GatewaySettingOpt = None, policy: PolicyOpt = None,
-         now: Annotated[str | None, typer.Option(help="Act as if it were this time (ISO 8601)")] = None,
-         ) -> None:
+def tick(
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    gateway: GatewayOpt = None,
+    gateway_setting: GatewaySettingOpt = None,
+    policy: PolicyOpt = None,
+    now: Annotated[str | None, typer.Option(help="Act as if it were this time (ISO 8601)")] = None,
+) -> None:
     """Act once on every case due now, then exit."""
-    settings = _settings(config, database_url=database_url, gateway=gateway,
-                         gateway_setting=gateway_setting,
-                         policy_file=str(policy) if policy else None)
+    settings = _settings(
+        config,
+        database_url=database_url,
+        gateway=gateway,
+        gateway_setting=gateway_setting,
+        policy_file=str(policy) if policy else None,
+    )
     engine = _engine(settings)
     report = engine.tick(_parse_now(now))
     console.print_json(json.dumps({k: getattr(report, k) for k in report.__slots__}))
 
 
 @app.command()
-def worker(config: ConfigOpt = None, database_url: DbOpt = None, gateway: GatewayOpt = None,
-           gateway_setting: GatewaySettingOpt = None, policy: PolicyOpt = None,
-           interval: Annotated[float | None, typer.Option(help="Seconds between polls")] = None,
-           ) -> None:
+def worker(
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    gateway: GatewayOpt = None,
+    gateway_setting: GatewaySettingOpt = None,
+    policy: PolicyOpt = None,
+    interval: Annotated[float | None, typer.Option(help="Seconds between polls")] = None,
+) -> None:
     """Run the dunning loop until SIGTERM or Ctrl-C; finishes the batch in hand, then exits."""
-    settings = _settings(config, database_url=database_url, gateway=gateway,
-                         gateway_setting=gateway_setting,
-                         policy_file=str(policy) if policy else None, poll_interval_s=interval)
+    settings = _settings(
+        config,
+        database_url=database_url,
+        gateway=gateway,
+        gateway_setting=gateway_setting,
+        policy_file=str(policy) if policy else None,
+        poll_interval_s=interval,
+    )
     engine = _engine(settings)
     stopping = False
 
@@ -221,13 +283,17 @@ def worker(config: ConfigOpt = None, database_url: DbOpt = None, gateway: Gatewa
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    err.print(f"worker {settings.worker_id} polling every {settings.poll_interval_s}s "
-              f"(gateway {engine.gateway.name})")
+    err.print(
+        f"worker {settings.worker_id} polling every {settings.poll_interval_s}s "
+        f"(gateway {engine.gateway.name})"
+    )
     while not stopping:
         report = engine.tick(datetime.now(UTC))
         if report.claimed:
-            err.print(f"claimed {report.claimed}, attempts {report.attempts}, recovered "
-                      f"{report.recovered}, final actions {report.final_actions}")
+            err.print(
+                f"claimed {report.claimed}, attempts {report.attempts}, recovered "
+                f"{report.recovered}, final actions {report.final_actions}"
+            )
         deadline = time.monotonic() + settings.poll_interval_s
         while not stopping and time.monotonic() < deadline:
             time.sleep(min(0.2, settings.poll_interval_s))
@@ -235,6 +301,7 @@ def worker(config: ConfigOpt = None, database_url: DbOpt = None, gateway: Gatewa
 
 
 # ---------------------------------------------------------------- simulate / demo
+
 
 def _simulate(**kwargs: Any) -> dict[str, Any]:
     from recobra.sim.runner import SimulationError, run_simulation  # noqa: PLC0415
@@ -259,12 +326,16 @@ def _print_report(r: dict[str, Any]) -> None:
         ("recovered amount (minor units)", money),
         ("retry attempts", f"{r['attempts']:,}"),
         ("attempts per recovered invoice", str(r["attempts_per_recovered_invoice"])),
-        ("days to recover (median / p90)",
-         f"{r['days_to_recover']['median']} / {r['days_to_recover']['p90']}"),
+        (
+            "days to recover (median / p90)",
+            f"{r['days_to_recover']['median']} / {r['days_to_recover']['p90']}",
+        ),
         ("final actions", ", ".join(f"{k}: {v:,}" for k, v in r["final_actions"].items()) or "none"),
         ("network-rule adjustments", f"{r['network_rule_adjustments']:,}"),
-        ("still open at the end", str(r["cases_by_status"].get("open", 0)
-                                      + r["cases_by_status"].get("exhausted", 0))),
+        (
+            "still open at the end",
+            str(r["cases_by_status"].get("open", 0) + r["cases_by_status"].get("exhausted", 0)),
+        ),
         ("wall time", f"{r['wall_seconds']} s ({r['invoices_per_second']} invoices/s)"),
     ]
     for name, value in rows:
@@ -291,8 +362,12 @@ def simulate(
     policy: PolicyOpt = None,
     gateway: Annotated[str, typer.Option(help="Gateway name or package.module:factory")] = "simulated",
     gateway_setting: GatewaySettingOpt = None,
-    database_url: Annotated[str | None, typer.Option(
-        "--database-url", help="Empty database to simulate into; default: a temporary SQLite file")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url", help="Empty database to simulate into; default: a temporary SQLite file"
+        ),
+    ] = None,
     start: StartOpt = "2026-01-01T00:00:00+00:00",
     resolution: Annotated[int, typer.Option(min=1, help="Worker polling resolution, minutes")] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object")] = False,
@@ -309,10 +384,18 @@ def simulate(
         tmp = tempfile.mkdtemp(prefix="recobra-sim-")
         database_url = f"sqlite:///{Path(tmp) / 'simulation.db'}"
     try:
-        report = _simulate(customers=customers, days=days, seed=seed, policy=policy,
-                           gateway=gateway, gateway_settings=extra, database_url=database_url,
-                           start=_parse_now(start), resolution_minutes=resolution,
-                           show_progress=not as_json or sys.stderr.isatty())
+        report = _simulate(
+            customers=customers,
+            days=days,
+            seed=seed,
+            policy=policy,
+            gateway=gateway,
+            gateway_settings=extra,
+            database_url=database_url,
+            start=_parse_now(start),
+            resolution_minutes=resolution,
+            show_progress=not as_json or sys.stderr.isatty(),
+        )
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -324,7 +407,9 @@ def simulate(
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Option("--dir", help="Where the demo database goes")] = Path("recobra-demo"),
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo database goes")] = Path(
+        "recobra-demo"
+    ),
     customers: Annotated[int, typer.Option(min=1)] = 2000,
     days: Annotated[int, typer.Option(min=1)] = 120,
     seed: int = 7,
@@ -336,30 +421,46 @@ def demo(
         Path(f"{db_file}{suffix}").unlink(missing_ok=True)
     url = f"sqlite:///{db_file}"
     console.rule("[bold]Recobra demo")
-    console.print(f"A subscription business of {customers:,} customers in Spanish- and English-speaking "
-                  f"markets, {days} days, simulated payment gateway (seed {seed}).\n"
-                  f"Every renewal is charged through the gateway; failures open dunning cases that "
-                  f"the engine retries under the default policy.\n")
-    report = _simulate(customers=customers, days=days, seed=seed, policy=None,
-                       gateway="simulated", gateway_settings={}, database_url=url,
-                       start=datetime(2026, 1, 1, tzinfo=UTC), resolution_minutes=30,
-                       show_progress=True)
+    console.print(
+        f"A subscription business of {customers:,} customers in Spanish- and English-speaking "
+        f"markets, {days} days, simulated payment gateway (seed {seed}).\n"
+        f"Every renewal is charged through the gateway; failures open dunning cases that "
+        f"the engine retries under the default policy.\n"
+    )
+    report = _simulate(
+        customers=customers,
+        days=days,
+        seed=seed,
+        policy=None,
+        gateway="simulated",
+        gateway_settings={},
+        database_url=url,
+        start=datetime(2026, 1, 1, tzinfo=UTC),
+        resolution_minutes=30,
+        show_progress=True,
+    )
     _print_report(report)
     console.print(f"\n[bold]What to try next[/] (the database is {db_file}):")
     env = f"RECOBRA_DATABASE_URL={url}"
     console.print(f"  {env} recobra cases list --status recovered     # cases and outcomes")
-    console.print(f"  {env} recobra cases show <case id>              # a case's timeline, with the reason for every decision")
+    console.print(f"  {env} recobra cases show <case id>              # its timeline and reasons")
     console.print("  recobra policy show                                # the default policy")
-    console.print("  recobra simulate --customers 5000 --days 365 --policy my-policy.toml   # try your own policy")
+    console.print(
+        "  recobra simulate --customers 5000 --days 365 --policy my-policy.toml   # try your own policy"
+    )
     console.print("  recobra simulate --json ...                        # the same report as JSON")
 
 
 # ---------------------------------------------------------------- cases
 
+
 @cases_app.command("list")
-def cases_list(config: ConfigOpt = None, database_url: DbOpt = None,
-               status: Annotated[str | None, typer.Option(help="open, recovered, exhausted, ...")] = None,
-               limit: Annotated[int, typer.Option(min=1, max=1000)] = 20) -> None:
+def cases_list(
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    status: Annotated[str | None, typer.Option(help="open, recovered, exhausted, ...")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+) -> None:
     """The most recent cases."""
     from sqlalchemy import select  # noqa: PLC0415
 
@@ -379,10 +480,15 @@ def cases_list(config: ConfigOpt = None, database_url: DbOpt = None,
 
     with Session(store.engine) as session:
         for row in session.scalars(stmt):
-            nxt = (f"{row.next_action} {row.next_action_at:%Y-%m-%d %H:%M}" if row.next_action_at
-                   else "-")
-            t.add_row(row.id, row.status, str(Money(row.amount_minor, row.currency)),
-                      f"{row.last_category} ({row.last_code or '-'})", str(row.attempts), nxt)
+            nxt = f"{row.next_action} {row.next_action_at:%Y-%m-%d %H:%M}" if row.next_action_at else "-"
+            t.add_row(
+                row.id,
+                row.status,
+                str(Money(row.amount_minor, row.currency)),
+                f"{row.last_category} ({row.last_code or '-'})",
+                str(row.attempts),
+                nxt,
+            )
     console.print(t)
 
 
@@ -400,15 +506,18 @@ def cases_show(case_id: str, config: ConfigOpt = None, database_url: DbOpt = Non
         case = session.get(CaseRow, case_id)
         if case is None:
             raise fail(f"no case {case_id!r}", 1)
-        console.print(f"[bold]{case.id}[/] invoice {case.invoice_id}, customer {case.customer_id}: "
-                      f"[bold]{case.status}[/], policy {case.policy_name} v{case.policy_version} "
-                      f"(segment {case.segment}), {case.attempts} retries")
+        console.print(
+            f"[bold]{case.id}[/] invoice {case.invoice_id}, customer {case.customer_id}: "
+            f"[bold]{case.status}[/], policy {case.policy_name} v{case.policy_version} "
+            f"(segment {case.segment}), {case.attempts} retries"
+        )
         t = Table()
         t.add_column("when (UTC)")
         t.add_column("what")
         t.add_column("why")
-        for ev in session.scalars(select(CaseEventRow).where(CaseEventRow.case_id == case_id)
-                                  .order_by(CaseEventRow.id)):
+        for ev in session.scalars(
+            select(CaseEventRow).where(CaseEventRow.case_id == case_id).order_by(CaseEventRow.id)
+        ):
             what = ev.kind + (f" -> {ev.to_status}" if ev.to_status else "")
             t.add_row(f"{ev.at:%Y-%m-%d %H:%M}", what, ev.reason)
         console.print(t)

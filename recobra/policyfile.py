@@ -163,17 +163,25 @@ def parse_policy(text: str, source: str = "<policy>") -> LoadedPolicy:
     if problems:
         raise PolicyError(source, problems)
     segments = tuple(
-        Segment(s.name, SegmentRule(
-            plans=frozenset(s.match.plans), intervals=frozenset(s.match.intervals),
-            currencies=frozenset(s.match.currencies), countries=frozenset(s.match.countries),
-            funding=frozenset(s.match.funding), amount_min=s.match.amount_min,
-            amount_max=s.match.amount_max, tenure_days_min=s.match.tenure_days_min,
-            tenure_days_max=s.match.tenure_days_max), s.policy)
+        Segment(
+            s.name,
+            SegmentRule(
+                plans=frozenset(s.match.plans),
+                intervals=frozenset(s.match.intervals),
+                currencies=frozenset(s.match.currencies),
+                countries=frozenset(s.match.countries),
+                funding=frozenset(s.match.funding),
+                amount_min=s.match.amount_min,
+                amount_max=s.match.amount_max,
+                tenure_days_min=s.match.tenure_days_min,
+                tenure_days_max=s.match.tenure_days_max,
+            ),
+            s.policy,
+        )
         for s in model.segments
     )
     try:
-        policy_set = PolicySet(model.name, model.version, segments, policies,
-                               model.default_policy)
+        policy_set = PolicySet(model.name, model.version, segments, policies, model.default_policy)
     except DomainError as exc:
         raise PolicyError(source, [(exc.field, exc.reason)]) from None
     checksum = hashlib.sha256(text.encode()).hexdigest()
@@ -181,23 +189,30 @@ def parse_policy(text: str, source: str = "<policy>") -> LoadedPolicy:
 
 
 def _policy(name: str, pm: PolicyModel, where: str) -> RetryPolicy:
-    steps = tuple(parse_duration(f"{where}.steps[{i}].after", s.after)
-                  for i, s in enumerate(pm.steps))
+    steps = tuple(parse_duration(f"{where}.steps[{i}].after", s.after) for i, s in enumerate(pm.steps))
     t = pm.timing
     timing = Timing(
-        start_hour=t.start_hour, end_hour=t.end_hour, weekdays_only=t.weekdays_only,
+        start_hour=t.start_hour,
+        end_hour=t.end_hour,
+        weekdays_only=t.weekdays_only,
         paydays=tuple(PaydayRule(p) if isinstance(p, str) else p for p in t.paydays),
         payday_hour=t.payday_hour,
         payday_flex=parse_duration(f"{where}.timing.payday_flex", t.payday_flex),
         jitter_minutes=t.jitter_minutes,
     )
     return RetryPolicy(
-        name=name, strategy=pm.strategy, steps=steps, max_attempts=pm.max_attempts,
-        max_days=pm.max_days, grace_days=pm.grace_days, final_action=pm.final_action,
-        timing=timing, min_interval=parse_duration(f"{where}.min_interval", pm.min_interval),
+        name=name,
+        strategy=pm.strategy,
+        steps=steps,
+        max_attempts=pm.max_attempts,
+        max_days=pm.max_days,
+        grace_days=pm.grace_days,
+        final_action=pm.final_action,
+        timing=timing,
+        min_interval=parse_duration(f"{where}.min_interval", pm.min_interval),
         processing_backoff=tuple(
-            parse_duration(f"{where}.processing_backoff[{i}]", d)
-            for i, d in enumerate(pm.processing_backoff)),
+            parse_duration(f"{where}.processing_backoff[{i}]", d) for i, d in enumerate(pm.processing_backoff)
+        ),
     )
 
 

@@ -196,9 +196,7 @@ class UnitOfWork(Protocol):
 
     def set_invoice_status(self, invoice_id: str, status: InvoiceStatus, at: datetime) -> None: ...
 
-    def set_subscription_statuses(
-        self, statuses: Sequence[tuple[str, SubscriptionStatus]]
-    ) -> None: ...
+    def set_subscription_statuses(self, statuses: Sequence[tuple[str, SubscriptionStatus]]) -> None: ...
 
     def cases_for_invoices(self, invoice_ids: Sequence[str]) -> dict[str, DunningCase]: ...
 
@@ -223,7 +221,12 @@ class UnitOfWork(Protocol):
         ...
 
     def claim_due(
-        self, now: datetime, *, limit: int, worker_id: str, lease: timedelta,
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        worker_id: str,
+        lease: timedelta,
         case_ids: Sequence[str] | None = None,
     ) -> list[str]:
         """Claim up to ``limit`` cases due at ``now`` and not claimed by a live worker

@@ -177,9 +177,7 @@ class DunningCase:
             )
         previous = self.status
         self.status = status
-        self.events.append(
-            CaseEvent(self.id, at, EventKind.STATUS_CHANGED, reason, previous, status)
-        )
+        self.events.append(CaseEvent(self.id, at, EventKind.STATUS_CHANGED, reason, previous, status))
         if status not in ACTIVE_STATUSES:
             self.closed_at = at
             self.clear_next_action()

@@ -89,9 +89,7 @@ class Customer:
             raise DomainError("customer.locale", f"must be one of {LOCALES}, got {self.locale!r}")
         check_timezone("customer.timezone", self.timezone)
         if not _COUNTRY.match(self.country):
-            raise DomainError(
-                "customer.country", f"must be an ISO 3166-1 alpha-2 code, got {self.country!r}"
-            )
+            raise DomainError("customer.country", f"must be an ISO 3166-1 alpha-2 code, got {self.country!r}")
         if self.created_at is not None:
             require_aware("customer.created_at", self.created_at)
 

@@ -71,9 +71,7 @@ class Money:
     def __post_init__(self) -> None:
         # bool is an int subclass; a True amount is always a bug upstream.
         if not isinstance(self.amount_minor, int) or isinstance(self.amount_minor, bool):
-            raise DomainError(
-                "amount_minor", f"must be an integer of minor units, got {self.amount_minor!r}"
-            )
+            raise DomainError("amount_minor", f"must be an integer of minor units, got {self.amount_minor!r}")
         object.__setattr__(self, "currency", normalise_currency(self.currency))
 
     @classmethod

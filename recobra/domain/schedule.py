@@ -57,7 +57,10 @@ def _previous_business_day(day: date, country: str, holidays: HolidayCalendar) -
 
 
 def paydays_in_month(
-    year: int, month: int, rules: tuple[int | PaydayRule, ...], country: str,
+    year: int,
+    month: int,
+    rules: tuple[int | PaydayRule, ...],
+    country: str,
     holidays: HolidayCalendar,
 ) -> list[date]:
     """Paydays of a month. A payday on a weekend or holiday is paid the business day before,
@@ -71,7 +74,9 @@ def paydays_in_month(
 
 
 def next_payday(
-    on_or_after: date, rules: tuple[int | PaydayRule, ...], country: str,
+    on_or_after: date,
+    rules: tuple[int | PaydayRule, ...],
+    country: str,
     holidays: HolidayCalendar,
 ) -> date:
     """The first payday on or after ``on_or_after``."""
@@ -138,9 +143,7 @@ def _describe(at: datetime, zone: ZoneInfo) -> str:
     return at.astimezone(zone).strftime("%Y-%m-%d %H:%M ") + str(zone)
 
 
-def plan_retry(
-    policy: RetryPolicy, ctx: RetryContext, holidays: HolidayCalendar
-) -> RetryPlan:
+def plan_retry(policy: RetryPolicy, ctx: RetryContext, holidays: HolidayCalendar) -> RetryPlan:
     """Decide when the next policy retry happens, or why there is none.
 
     Guarantees: the time is strictly after ``ctx.last_attempt_at`` (which is at or
@@ -153,9 +156,7 @@ def plan_retry(
     if not category.retryable:
         return RetryPlan(None, _WHY_NOT.get(category, f"{category}: not retryable"))
     if ctx.budget_used >= policy.max_attempts:
-        return RetryPlan(
-            None, f"attempt budget spent ({ctx.budget_used} of {policy.max_attempts})"
-        )
+        return RetryPlan(None, f"attempt budget spent ({ctx.budget_used} of {policy.max_attempts})")
     window_end = ctx.opened_at + policy.window
     zone = ZoneInfo(ctx.timezone)
     aware = policy.strategy is not Strategy.FIXED
@@ -187,7 +188,10 @@ def plan_retry(
                 why = f"{words}, next payday ({payday.isoformat()}, when money is likely to arrive)"
         at = fit_local_hours(
             at + _jitter(ctx.case_id, ctx.budget_used, timing.jitter_minutes),
-            zone, timing, ctx.country, holidays,
+            zone,
+            timing,
+            ctx.country,
+            holidays,
         )
         why += f"; inside the customer's local hours {timing.start_hour:02d}-{timing.end_hour:02d}"
 

@@ -69,6 +69,5 @@ class InvoicePaidOutOfBand:
 
 
 Command = (
-    PaymentFailed | PaymentSucceeded | PaymentMethodUpdated | SubscriptionCanceled
-    | InvoicePaidOutOfBand
+    PaymentFailed | PaymentSucceeded | PaymentMethodUpdated | SubscriptionCanceled | InvoicePaidOutOfBand
 )

@@ -100,7 +100,7 @@ class TickReport:
     recovered_amounts: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: TickReport) -> None:
-        for name in self.__slots__:  # type: ignore[attr-defined]
+        for name in self.__slots__:
             if name == "recovered_amounts":
                 for cur, amount in other.recovered_amounts.items():
                     self.recovered_amounts[cur] = self.recovered_amounts.get(cur, 0) + amount
@@ -111,7 +111,7 @@ class TickReport:
 @dataclass(slots=True)
 class _Work:
     bundle: CaseBundle
-    attempt: Attempt | None = None
+    attempt: Attempt
     resend: bool = False
     result: ChargeResult | None = None
 
@@ -158,8 +158,7 @@ class Engine:
         immediate: list[str] = []
         latest: datetime | None = None
         with self.store.unit_of_work() as uow:
-            fresh = uow.remember_events(
-                [(c.event_id, type(c).__name__, c.occurred_at) for c in commands])
+            fresh = uow.remember_events([(c.event_id, type(c).__name__, c.occurred_at) for c in commands])
             run: list[PaymentFailed] = []
             for command in commands:
                 if command.event_id not in fresh:
@@ -190,14 +189,22 @@ class Engine:
                 return self._payments_failed(uow, [command])[0]
             case PaymentSucceeded():
                 return self._close_invoice(
-                    uow, command.event_id, command.invoice_id, command.occurred_at,
-                    CaseStatus.RECOVERED, "payment succeeded at the gateway",
+                    uow,
+                    command.event_id,
+                    command.invoice_id,
+                    command.occurred_at,
+                    CaseStatus.RECOVERED,
+                    "payment succeeded at the gateway",
                 )
             case InvoicePaidOutOfBand():
                 note = f": {command.note}" if command.note else ""
                 return self._close_invoice(
-                    uow, command.event_id, command.invoice_id, command.occurred_at,
-                    CaseStatus.PAID_OUT_OF_BAND, f"invoice paid out of band{note}",
+                    uow,
+                    command.event_id,
+                    command.invoice_id,
+                    command.occurred_at,
+                    CaseStatus.PAID_OUT_OF_BAND,
+                    f"invoice paid out of band{note}",
                 )
             case PaymentMethodUpdated():
                 return self._payment_method_updated(uow, command)
@@ -210,10 +217,10 @@ class Engine:
         if not cmds:
             return []
         uow.upsert_customers(list({c.customer.id: c.customer for c in cmds}.values()))
-        uow.upsert_payment_methods(
-            list({c.payment_method.id: c.payment_method for c in cmds}.values()))
+        uow.upsert_payment_methods(list({c.payment_method.id: c.payment_method for c in cmds}.values()))
         uow.upsert_subscriptions(
-            list({c.subscription.id: c.subscription for c in cmds if c.subscription}.values()))
+            list({c.subscription.id: c.subscription for c in cmds if c.subscription}.values())
+        )
         uow.upsert_invoices(list({c.invoice.id: c.invoice for c in cmds}.values()))
         known = uow.cases_for_invoices([c.invoice.id for c in cmds])
         results: list[HandleResult] = []
@@ -223,22 +230,25 @@ class Engine:
         past_due: list[tuple[str, SubscriptionStatus]] = []
         for cmd in cmds:
             at = cmd.occurred_at
-            decline = classify(cmd.decline_code, network_code=cmd.network_code,
-                               advice_code=cmd.advice_code)
+            decline = classify(cmd.decline_code, network_code=cmd.network_code, advice_code=cmd.advice_code)
             existing = known.get(cmd.invoice.id)
             if existing is not None:
                 # A charge outside Recobra failed again (say, the billing system's own
                 # retry): keep it in the card's history; never a second case.
                 if existing.is_active:
                     existing.last_decline = decline
-                    existing.record(at, EventKind.ATTEMPT_FAILED,
-                                    f"charge outside Recobra declined: {_words(decline)}",
-                                    code=decline.code)
+                    existing.record(
+                        at,
+                        EventKind.ATTEMPT_FAILED,
+                        f"charge outside Recobra declined: {_words(decline)}",
+                        code=decline.code,
+                    )
                     if existing not in new_cases:
                         updated[existing.id] = existing
                 attempts.append(self._billing_attempt(existing.id, cmd, decline, number=-1))
-                results.append(HandleResult(cmd.event_id, case_ids=(existing.id,),
-                                            note="case already exists"))
+                results.append(
+                    HandleResult(cmd.event_id, case_ids=(existing.id,), note="case already exists")
+                )
                 continue
             case = self._open_case(cmd, decline)
             known[cmd.invoice.id] = case
@@ -256,40 +266,71 @@ class Engine:
     def _open_case(self, cmd: PaymentFailed, decline: Decline) -> DunningCase:
         at, sub = cmd.occurred_at, cmd.subscription
         tenure_from = sub.started_at if sub else (cmd.customer.created_at or at)
-        segment, policy = self.policies.choose(SegmentContext(
-            plan_id=sub.plan.id if sub else "",
-            interval=sub.plan.interval if sub else None,
-            amount_minor=cmd.invoice.amount.amount_minor,
-            currency=cmd.invoice.amount.currency,
-            country=cmd.customer.country,
-            tenure_days=max((at - tenure_from).days, 0),
-            funding=cmd.payment_method.funding,
-        ))
-        case = DunningCase(
-            id=f"case_{cmd.invoice.id}", invoice_id=cmd.invoice.id,
-            customer_id=cmd.customer.id, subscription_id=sub.id if sub else None,
-            amount=cmd.invoice.amount, opened_at=at, policy_name=policy.name,
-            policy_version=self.policies.version, segment=segment,
-            payment_method_id=cmd.payment_method.id, last_decline=decline, last_attempt_at=at,
+        segment, policy = self.policies.choose(
+            SegmentContext(
+                plan_id=sub.plan.id if sub else "",
+                interval=sub.plan.interval if sub else None,
+                amount_minor=cmd.invoice.amount.amount_minor,
+                currency=cmd.invoice.amount.currency,
+                country=cmd.customer.country,
+                tenure_days=max((at - tenure_from).days, 0),
+                funding=cmd.payment_method.funding,
+            )
         )
-        case.record(at, EventKind.OPENED,
-                    f"payment failed: {_words(decline)}; segment {segment!r} uses policy "
-                    f"{policy.name!r} v{self.policies.version}",
-                    code=decline.code, network_code=decline.network_code,
-                    advice_code=decline.advice_code, category=str(decline.category))
-        self._decide_next(case, policy, cmd.customer.timezone, cmd.customer.country,
-                          cmd.payment_method.brand, cmd.payment_method.funding,
-                          (PriorAttempt(at, decline),), at)
+        case = DunningCase(
+            id=f"case_{cmd.invoice.id}",
+            invoice_id=cmd.invoice.id,
+            customer_id=cmd.customer.id,
+            subscription_id=sub.id if sub else None,
+            amount=cmd.invoice.amount,
+            opened_at=at,
+            policy_name=policy.name,
+            policy_version=self.policies.version,
+            segment=segment,
+            payment_method_id=cmd.payment_method.id,
+            last_decline=decline,
+            last_attempt_at=at,
+        )
+        case.record(
+            at,
+            EventKind.OPENED,
+            f"payment failed: {_words(decline)}; segment {segment!r} uses policy "
+            f"{policy.name!r} v{self.policies.version}",
+            code=decline.code,
+            network_code=decline.network_code,
+            advice_code=decline.advice_code,
+            category=str(decline.category),
+        )
+        self._decide_next(
+            case,
+            policy,
+            cmd.customer.timezone,
+            cmd.customer.country,
+            cmd.payment_method.brand,
+            cmd.payment_method.funding,
+            (PriorAttempt(at, decline),),
+            at,
+        )
         return case
 
     @staticmethod
     def _billing_attempt(case_id: str, cmd: PaymentFailed, decline: Decline, number: int) -> Attempt:
         key = cmd.gateway_reference or f"billing:{cmd.event_id}"
-        return Attempt(case_id, number, cmd.payment_method.id, key, cmd.occurred_at,
-                       AttemptStatus.FAILED, AttemptTrigger.BILLING, decline, cmd.gateway_reference)
+        return Attempt(
+            case_id,
+            number,
+            cmd.payment_method.id,
+            key,
+            cmd.occurred_at,
+            AttemptStatus.FAILED,
+            AttemptTrigger.BILLING,
+            decline,
+            cmd.gateway_reference,
+        )
 
-    def _close_invoice(self, uow: UnitOfWork, event_id: str, invoice_id: str, at: datetime,
-                       status: CaseStatus, reason: str) -> HandleResult:
+    def _close_invoice(
+        self, uow: UnitOfWork, event_id: str, invoice_id: str, at: datetime, status: CaseStatus, reason: str
+    ) -> HandleResult:
         uow.set_invoice_status(invoice_id, InvoiceStatus.PAID, at)
         case = uow.cases_for_invoices([invoice_id]).get(invoice_id)
         if case is None or not case.is_active:
@@ -309,11 +350,14 @@ class Engine:
         cases = [b.case for b in uow.load_bundles(ids, cmd.occurred_at)]
         for case in cases:
             case.payment_method_id = method.id
-            case.record(cmd.occurred_at, EventKind.PAYMENT_METHOD_UPDATED,
-                        f"new payment method {method.brand} ****{method.last4}: retry now, "
-                        "outside the attempt budget", payment_method_id=method.id)
-            case.schedule(NextAction.RETRY_NOW, cmd.occurred_at,
-                          "new payment method: immediate retry")
+            case.record(
+                cmd.occurred_at,
+                EventKind.PAYMENT_METHOD_UPDATED,
+                f"new payment method {method.brand} ****{method.last4}: retry now, "
+                "outside the attempt budget",
+                payment_method_id=method.id,
+            )
+            case.schedule(NextAction.RETRY_NOW, cmd.occurred_at, "new payment method: immediate retry")
         uow.save_cases(cases, release_claims=False)
         return HandleResult(cmd.event_id, case_ids=tuple(c.id for c in cases))
 
@@ -323,8 +367,9 @@ class Engine:
         cases = [b.case for b in uow.load_bundles(ids, cmd.occurred_at)]
         why = f": {cmd.reason}" if cmd.reason else ""
         for case in cases:
-            case.transition_to(CaseStatus.CANCELED, at=cmd.occurred_at,
-                               reason=f"customer canceled the subscription{why}")
+            case.transition_to(
+                CaseStatus.CANCELED, at=cmd.occurred_at, reason=f"customer canceled the subscription{why}"
+            )
             uow.set_invoice_status(case.invoice_id, InvoiceStatus.VOID, cmd.occurred_at)
         uow.save_cases(cases, release_claims=True)
         return HandleResult(cmd.event_id, case_ids=tuple(c.id for c in cases))
@@ -332,19 +377,32 @@ class Engine:
     # ------------------------------------------------------------------ decisions
 
     def _policy(self, case: DunningCase) -> RetryPolicy:
-        return self.policies.policies.get(case.policy_name) or self.policies.policies[
-            self.policies.default_policy
-        ]
+        return (
+            self.policies.policies.get(case.policy_name)
+            or self.policies.policies[self.policies.default_policy]
+        )
 
     def _decide_next(
-        self, case: DunningCase, policy: RetryPolicy, timezone: str, country: str, brand: str,
-        funding: Funding, history: Sequence[PriorAttempt], now: datetime,
+        self,
+        case: DunningCase,
+        policy: RetryPolicy,
+        timezone: str,
+        country: str,
+        brand: str,
+        funding: Funding,
+        history: Sequence[PriorAttempt],
+        now: datetime,
     ) -> int:
         """Schedule the next policy retry or exhaust the case. Returns network adjustments made."""
         ctx = RetryContext(
-            case_id=case.id, opened_at=case.opened_at, last_attempt_at=case.last_attempt_at,
-            budget_used=case.budget_used, decline=case.last_decline,
-            consecutive_processing_errors=case.errors_in_row, timezone=timezone, country=country,
+            case_id=case.id,
+            opened_at=case.opened_at,
+            last_attempt_at=case.last_attempt_at,
+            budget_used=case.budget_used,
+            decline=case.last_decline,
+            consecutive_processing_errors=case.errors_in_row,
+            timezone=timezone,
+            country=country,
             funding=funding,
         )
         plan = plan_retry(policy, ctx, self.holidays)
@@ -353,22 +411,30 @@ class Engine:
             verdict = check_retry(CardNetwork.from_brand(brand), history, at, self.network_rules)
             if verdict.adjusted:
                 adjustments = 1
-                case.record(now, EventKind.NETWORK_RULE_ADJUSTED, verdict.reason,
-                            rule=verdict.rule, proposed=at.isoformat(),
-                            earliest=verdict.earliest.isoformat() if verdict.earliest else None)
-                log.info("network rule adjusted retry", extra={"case_id": case.id,
-                                                              "rule": verdict.rule})
+                case.record(
+                    now,
+                    EventKind.NETWORK_RULE_ADJUSTED,
+                    verdict.reason,
+                    rule=verdict.rule,
+                    proposed=at.isoformat(),
+                    earliest=verdict.earliest.isoformat() if verdict.earliest else None,
+                )
+                log.info("network rule adjusted retry", extra={"case_id": case.id, "rule": verdict.rule})
             if not verdict.allowed or verdict.earliest is None:
                 at, reason = None, f"card network forbids further retries: {verdict.reason}"
             elif verdict.earliest > at:
                 at = verdict.earliest
                 if policy.strategy is Strategy.TIMING_AWARE:
-                    at = fit_local_hours(at, ZoneInfo(timezone), policy.timing, country,
-                                         self.holidays)
+                    at = fit_local_hours(at, ZoneInfo(timezone), policy.timing, country, self.holidays)
                 window_end = case.opened_at + policy.window
                 if at > window_end:
-                    at, reason = None, (f"{verdict.reason}; that is after the dunning window "
-                                        f"closes at day {policy.max_days}")
+                    at, reason = (
+                        None,
+                        (
+                            f"{verdict.reason}; that is after the dunning window "
+                            f"closes at day {policy.max_days}"
+                        ),
+                    )
                 else:
                     local = at.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M")
                     reason = f"Retry on {local} {timezone}: moved by the card network rule ({verdict.reason})"
@@ -380,8 +446,10 @@ class Engine:
         final_at = max(case.opened_at + policy.window + timedelta(days=policy.grace_days), now)
         if case.status is CaseStatus.OPEN:
             case.transition_to(CaseStatus.EXHAUSTED, at=now, reason=f"no automatic retry left: {reason}")
-        final_reason = (f"{policy.final_action} on {final_at:%Y-%m-%d %H:%M} UTC: end of the "
-                        f"{policy.max_days}-day dunning window plus {policy.grace_days} days' grace")
+        final_reason = (
+            f"{policy.final_action} on {final_at:%Y-%m-%d %H:%M} UTC: end of the "
+            f"{policy.max_days}-day dunning window plus {policy.grace_days} days' grace"
+        )
         case.schedule(NextAction.FINAL_ACTION, final_at, final_reason)
         case.record(now, EventKind.FINAL_ACTION_SCHEDULED, final_reason, final_at=final_at.isoformat())
         return adjustments
@@ -394,8 +462,7 @@ class Engine:
         report = TickReport()
         while True:
             with self.store.unit_of_work() as uow:
-                ids = uow.claim_due(now, limit=self.batch_size, worker_id=self.worker_id,
-                                    lease=self.lease)
+                ids = uow.claim_due(now, limit=self.batch_size, worker_id=self.worker_id, lease=self.lease)
                 uow.commit()
             if ids:
                 report.add(self.process(ids, now, claimed=True))
@@ -408,8 +475,9 @@ class Engine:
         """Act on the given cases now (each must be due or claimed by this worker)."""
         if not claimed:
             with self.store.unit_of_work() as uow:
-                case_ids = uow.claim_due(now, limit=len(case_ids), worker_id=self.worker_id,
-                                         lease=self.lease, case_ids=case_ids)
+                case_ids = uow.claim_due(
+                    now, limit=len(case_ids), worker_id=self.worker_id, lease=self.lease, case_ids=case_ids
+                )
                 uow.commit()
         report = TickReport(claimed=len(case_ids))
         # Phase A: reconcile leftovers, write pending attempts, commit before any charge.
@@ -436,7 +504,6 @@ class Engine:
 
         # Phase B: talk to the gateway, outside any transaction.
         for item in work:
-            assert item.attempt is not None
             if item.resend:
                 status = self.gateway.attempt_status(item.attempt.idempotency_key)
                 report.reconciled += 1
@@ -447,8 +514,11 @@ class Engine:
                 earlier = self.gateway.attempt_status(item.bundle.last_status_unknown.idempotency_key)
                 if earlier.status is ChargeStatus.SUCCEEDED:
                     item.result = replace(earlier, idempotency_key=item.attempt.idempotency_key)
-                    item.bundle.case.record(now, EventKind.ATTEMPT_RECONCILED,
-                                            "the earlier unanswered attempt had succeeded: no new charge")
+                    item.bundle.case.record(
+                        now,
+                        EventKind.ATTEMPT_RECONCILED,
+                        "the earlier unanswered attempt had succeeded: no new charge",
+                    )
                     continue
             item.result = self.gateway.charge(self._charge_request(item.bundle, item.attempt, now))
             report.attempts += 1
@@ -457,13 +527,12 @@ class Engine:
         with self.store.unit_of_work() as uow:
             finished: list[Attempt] = []
             for item in work:
-                assert item.attempt is not None and item.result is not None
-                finished.append(self._apply_result(uow, item, now, report))
+                assert item.result is not None, "phase B answers every attempt"
+                finished.append(self._apply_result(uow, item, item.result, now, report))
             for bundle in finals:
                 self._final_action(uow, bundle, now, report)
             uow.finish_attempts(finished)
-            uow.save_cases([w.bundle.case for w in work] + [b.case for b in finals],
-                           release_claims=True)
+            uow.save_cases([w.bundle.case for w in work] + [b.case for b in finals], release_claims=True)
             uow.commit()
         return report
 
@@ -473,73 +542,106 @@ class Engine:
         case.attempts += 1
         if counted:
             case.budget_used += 1
-        attempt = Attempt(case.id, case.attempts, bundle.payment_method.id,
-                          idempotency_key(case.id, case.attempts), now, AttemptStatus.PENDING,
-                          trigger)
-        case.record(now, EventKind.ATTEMPT_STARTED,
-                    f"attempt {case.attempts} ({trigger}): {case.next_action_reason}",
-                    attempt=case.attempts, key=attempt.idempotency_key)
+        attempt = Attempt(
+            case.id,
+            case.attempts,
+            bundle.payment_method.id,
+            idempotency_key(case.id, case.attempts),
+            now,
+            AttemptStatus.PENDING,
+            trigger,
+        )
+        case.record(
+            now,
+            EventKind.ATTEMPT_STARTED,
+            f"attempt {case.attempts} ({trigger}): {case.next_action_reason}",
+            attempt=case.attempts,
+            key=attempt.idempotency_key,
+        )
         return attempt
 
     def _charge_request(self, bundle: CaseBundle, attempt: Attempt, now: datetime) -> ChargeRequest:
         case, pm, customer = bundle.case, bundle.payment_method, bundle.customer
         return ChargeRequest(
-            idempotency_key=attempt.idempotency_key, invoice_id=case.invoice_id,
-            customer_id=case.customer_id, subscription_id=case.subscription_id,
+            idempotency_key=attempt.idempotency_key,
+            invoice_id=case.invoice_id,
+            customer_id=case.customer_id,
+            subscription_id=case.subscription_id,
             amount=case.amount,
-            payment_method=CardRef(pm.id, pm.gateway_token, pm.brand, pm.last4, pm.exp_month,
-                                   pm.exp_year, pm.funding),
-            attempt_number=attempt.number, attempted_at=now,
-            customer_country=customer.country, customer_timezone=customer.timezone,
+            payment_method=CardRef(
+                pm.id, pm.gateway_token, pm.brand, pm.last4, pm.exp_month, pm.exp_year, pm.funding
+            ),
+            attempt_number=attempt.number,
+            attempted_at=now,
+            customer_country=customer.country,
+            customer_timezone=customer.timezone,
         )
 
-    def _apply_result(self, uow: UnitOfWork, item: _Work, now: datetime,
-                      report: TickReport) -> Attempt:
-        bundle, attempt, result = item.bundle, item.attempt, item.result
-        assert attempt is not None and result is not None
+    def _apply_result(
+        self, uow: UnitOfWork, item: _Work, result: ChargeResult, now: datetime, report: TickReport
+    ) -> Attempt:
+        bundle, attempt = item.bundle, item.attempt
         case = bundle.case
         if item.resend:
-            case.record(now, EventKind.ATTEMPT_RECONCILED,
-                        f"attempt {attempt.number} left pending by a stopped worker: gateway says "
-                        f"{result.status}", key=attempt.idempotency_key)
+            case.record(
+                now,
+                EventKind.ATTEMPT_RECONCILED,
+                f"attempt {attempt.number} left pending by a stopped worker: gateway says {result.status}",
+                key=attempt.idempotency_key,
+            )
         case.last_attempt_at = now
         if result.status is ChargeStatus.SUCCEEDED:
             case.errors_in_row = 0
-            case.record(now, EventKind.ATTEMPT_SUCCEEDED, f"attempt {attempt.number} succeeded",
-                        reference=result.gateway_reference)
-            case.transition_to(CaseStatus.RECOVERED, at=now,
-                               reason=f"recovered by attempt {attempt.number}")
+            case.record(
+                now,
+                EventKind.ATTEMPT_SUCCEEDED,
+                f"attempt {attempt.number} succeeded",
+                reference=result.gateway_reference,
+            )
+            case.transition_to(CaseStatus.RECOVERED, at=now, reason=f"recovered by attempt {attempt.number}")
             uow.set_invoice_status(case.invoice_id, InvoiceStatus.PAID, now)
             if case.subscription_id:
                 uow.set_subscription_statuses([(case.subscription_id, SubscriptionStatus.ACTIVE)])
             report.recovered += 1
             cur = case.amount.currency
             report.recovered_amounts[cur] = report.recovered_amounts.get(cur, 0) + case.amount.amount_minor
-            return replace(attempt, status=AttemptStatus.SUCCEEDED, at=now,
-                           gateway_reference=result.gateway_reference)
+            return replace(
+                attempt, status=AttemptStatus.SUCCEEDED, at=now, gateway_reference=result.gateway_reference
+            )
 
         if result.status is ChargeStatus.DECLINED:
-            decline = classify(result.decline_code, network_code=result.network_code,
-                               advice_code=result.advice_code)
+            decline = classify(
+                result.decline_code, network_code=result.network_code, advice_code=result.advice_code
+            )
             status = AttemptStatus.FAILED
-            case.errors_in_row = (case.errors_in_row + 1
-                                  if decline.category is DeclineCategory.PROCESSING_ERROR else 0)
-            case.record(now, EventKind.ATTEMPT_FAILED,
-                        f"attempt {attempt.number} declined: {_words(decline)}",
-                        code=decline.code, network_code=decline.network_code,
-                        advice_code=decline.advice_code, category=str(decline.category))
+            case.errors_in_row = (
+                case.errors_in_row + 1 if decline.category is DeclineCategory.PROCESSING_ERROR else 0
+            )
+            case.record(
+                now,
+                EventKind.ATTEMPT_FAILED,
+                f"attempt {attempt.number} declined: {_words(decline)}",
+                code=decline.code,
+                network_code=decline.network_code,
+                advice_code=decline.advice_code,
+                category=str(decline.category),
+            )
             report.declined += 1
         else:
             decline = classify(None)
             status = AttemptStatus.UNKNOWN
             case.errors_in_row += 1
-            case.record(now, EventKind.ATTEMPT_UNKNOWN,
-                        f"attempt {attempt.number}: no answer from the gateway ({result.message or result.status}); "
-                        "its status is checked before the next charge")
+            case.record(
+                now,
+                EventKind.ATTEMPT_UNKNOWN,
+                f"attempt {attempt.number}: no answer from the gateway ({result.message or result.status}); "
+                "its status is checked before the next charge",
+            )
             report.unknown += 1
         case.last_decline = decline
-        finished = replace(attempt, status=status, at=now, decline=decline,
-                           gateway_reference=result.gateway_reference)
+        finished = replace(
+            attempt, status=status, at=now, decline=decline, gateway_reference=result.gateway_reference
+        )
         policy = self._policy(case)
         history = (*bundle.card_history, PriorAttempt(now, decline))
         if case.status is CaseStatus.EXHAUSTED:
@@ -547,12 +649,20 @@ class Engine:
                 # Back to waiting for the final action that was already scheduled.
                 self._reschedule_final(case, policy, now)
                 return finished
-            case.transition_to(CaseStatus.OPEN, at=now,
-                               reason="reopened: the new payment method's decline is retryable")
+            case.transition_to(
+                CaseStatus.OPEN, at=now, reason="reopened: the new payment method's decline is retryable"
+            )
             report.reopened += 1
         report.network_adjustments += self._decide_next(
-            case, policy, bundle.customer.timezone, bundle.customer.country,
-            bundle.payment_method.brand, bundle.payment_method.funding, history, now)
+            case,
+            policy,
+            bundle.customer.timezone,
+            bundle.customer.country,
+            bundle.payment_method.brand,
+            bundle.payment_method.funding,
+            history,
+            now,
+        )
         if case.status is CaseStatus.EXHAUSTED:
             report.exhausted += 1
         return finished
@@ -560,11 +670,11 @@ class Engine:
     @staticmethod
     def _reschedule_final(case: DunningCase, policy: RetryPolicy, now: datetime) -> None:
         final_at = max(case.opened_at + policy.window + timedelta(days=policy.grace_days), now)
-        case.schedule(NextAction.FINAL_ACTION, final_at,
-                      f"{policy.final_action} at the end of the grace period")
+        case.schedule(
+            NextAction.FINAL_ACTION, final_at, f"{policy.final_action} at the end of the grace period"
+        )
 
-    def _final_action(self, uow: UnitOfWork, bundle: CaseBundle, now: datetime,
-                      report: TickReport) -> None:
+    def _final_action(self, uow: UnitOfWork, bundle: CaseBundle, now: datetime, report: TickReport) -> None:
         case = bundle.case
         policy = self._policy(case)
         action = policy.final_action
@@ -582,16 +692,23 @@ class Engine:
                     uow.set_subscription_statuses([(case.subscription_id, SubscriptionStatus.UNPAID)])
         except GatewayError as exc:
             retry_at = now + FINAL_ACTION_RETRY
-            case.record(now, EventKind.FINAL_ACTION_FAILED,
-                        f"{action} failed at the gateway ({exc}); trying again at {retry_at:%Y-%m-%d %H:%M} UTC",
-                        code=exc.code, transient=exc.transient)
+            case.record(
+                now,
+                EventKind.FINAL_ACTION_FAILED,
+                f"{action} failed at the gateway ({exc}); trying again at {retry_at:%Y-%m-%d %H:%M} UTC",
+                code=exc.code,
+                transient=exc.transient,
+            )
             case.schedule(NextAction.FINAL_ACTION, retry_at, f"{action} (again after a gateway error)")
             report.final_action_failures += 1
             return
         case.final_action = action
         uow.set_invoice_status(case.invoice_id, InvoiceStatus.UNCOLLECTIBLE, now)
-        case.transition_to(CaseStatus.FINAL_ACTION_DONE, at=now,
-                           reason=f"final action {action} done through {self.gateway.name}")
+        case.transition_to(
+            CaseStatus.FINAL_ACTION_DONE,
+            at=now,
+            reason=f"final action {action} done through {self.gateway.name}",
+        )
         report.final_actions += 1
 
 

@@ -59,8 +59,7 @@ MARKETS: tuple[tuple[str, str, str, str, float, int, int, int], ...] = (
 )
 BRANDS = (("visa", 0.55), ("mastercard", 0.35), ("amex", 0.10))
 FUNDING = ((Funding.CREDIT, 0.55), (Funding.DEBIT, 0.40), (Funding.PREPAID, 0.05))
-DEAD_CARD = {DeclineCategory.HARD, DeclineCategory.FRAUD_SUSPECT,
-             DeclineCategory.AUTHENTICATION_REQUIRED}
+DEAD_CARD = {DeclineCategory.HARD, DeclineCategory.FRAUD_SUSPECT, DeclineCategory.AUTHENTICATION_REQUIRED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +155,15 @@ class Business:
     """N subscribers over D days, seeded."""
 
     def __init__(
-        self, engine: Engine, gateway: ObservedGateway, *, customers: int, days: int, seed: int,
-        start: datetime, resolution: timedelta = timedelta(hours=1),
+        self,
+        engine: Engine,
+        gateway: ObservedGateway,
+        *,
+        customers: int,
+        days: int,
+        seed: int,
+        start: datetime,
+        resolution: timedelta = timedelta(hours=1),
         behaviour: Behaviour | None = None,
     ) -> None:
         if customers < 1:
@@ -189,16 +195,22 @@ class Business:
         for i in range(n):
             country, tz, currency, locale, _, basic, pro, annual = rng.choices(MARKETS, weights)[0]
             since = start - timedelta(days=rng.randint(1, 3 * 365), minutes=rng.randint(0, 1439))
-            customer = Customer(id=f"cus_{i:06d}", email=f"customer{i}@example.com", locale=locale,
-                                timezone=tz, country=country, name=f"Customer {i}",
-                                created_at=since)
+            customer = Customer(
+                id=f"cus_{i:06d}",
+                email=f"customer{i}@example.com",
+                locale=locale,
+                timezone=tz,
+                country=country,
+                name=f"Customer {i}",
+                created_at=since,
+            )
             yearly = rng.random() < self.behaviour.annual_share
             if yearly:
-                plan = Plan(f"pro-annual-{currency.lower()}", "Pro (annual)", Interval.YEAR,
-                            Money(annual, currency))
+                plan = Plan(
+                    f"pro-annual-{currency.lower()}", "Pro (annual)", Interval.YEAR, Money(annual, currency)
+                )
             elif rng.random() < 0.6:
-                plan = Plan(f"basic-{currency.lower()}", "Basic", Interval.MONTH,
-                            Money(basic, currency))
+                plan = Plan(f"basic-{currency.lower()}", "Basic", Interval.MONTH, Money(basic, currency))
             else:
                 plan = Plan(f"pro-{currency.lower()}", "Pro", Interval.MONTH, Money(pro, currency))
             # Day of month kept <= 28 so every month has the anniversary.
@@ -216,10 +228,16 @@ class Business:
         funding = _pick(rng, FUNDING)
         assert isinstance(funding, Funding)
         exp = _add_months(self.start, rng.randint(1, 48))
-        return PaymentMethod(id=f"pm_{i:06d}_{n}", customer_id=customer_id,
-                             gateway_token=f"tok_sim_{i:06d}_{n}", brand=brand,
-                             last4=f"{rng.randint(0, 9999):04d}", exp_month=exp.month,
-                             exp_year=exp.year, funding=funding)
+        return PaymentMethod(
+            id=f"pm_{i:06d}_{n}",
+            customer_id=customer_id,
+            gateway_token=f"tok_sim_{i:06d}_{n}",
+            brand=brand,
+            last4=f"{rng.randint(0, 9999):04d}",
+            exp_month=exp.month,
+            exp_year=exp.year,
+            funding=funding,
+        )
 
     def _due(self, sub: _Sub) -> datetime:
         months = sub.period * (12 if sub.plan.interval is Interval.YEAR else 1)
@@ -313,12 +331,23 @@ class Business:
         amount = sub.plan.price
         stats = self.stats
         stats.invoices += 1
-        stats.billed_amounts[amount.currency] = stats.billed_amounts.get(amount.currency, 0) + amount.amount_minor
-        result = self.gateway.inner.charge(ChargeRequest(
-            idempotency_key=f"billing:{invoice_id}", invoice_id=invoice_id,
-            customer_id=sub.customer.id, subscription_id=sub.subscription.id, amount=amount,
-            payment_method=sub.card, attempt_number=0, attempted_at=due,
-            customer_country=sub.customer.country, customer_timezone=sub.customer.timezone))
+        stats.billed_amounts[amount.currency] = (
+            stats.billed_amounts.get(amount.currency, 0) + amount.amount_minor
+        )
+        result = self.gateway.inner.charge(
+            ChargeRequest(
+                idempotency_key=f"billing:{invoice_id}",
+                invoice_id=invoice_id,
+                customer_id=sub.customer.id,
+                subscription_id=sub.subscription.id,
+                amount=amount,
+                payment_method=sub.card,
+                attempt_number=0,
+                attempted_at=due,
+                customer_country=sub.customer.country,
+                customer_timezone=sub.customer.timezone,
+            )
+        )
         if result.status is ChargeStatus.SUCCEEDED:
             sub.period += 1
             heapq.heappush(self.renewals, (self._due(sub), sub.index))
@@ -328,18 +357,26 @@ class Business:
         self.dunning[invoice_id] = sub.index
         self._plan_customer(sub, due, result)
         return PaymentFailed(
-            event_id=f"evt_failed_{invoice_id}", occurred_at=due, customer=sub.customer,
-            invoice=Invoice(invoice_id, sub.customer.id, sub.subscription.id, amount,
-                            InvoiceStatus.OPEN, due),
-            payment_method=sub.method, subscription=sub.subscription,
-            decline_code=result.decline_code, network_code=result.network_code,
-            advice_code=result.advice_code, gateway_reference=result.gateway_reference)
+            event_id=f"evt_failed_{invoice_id}",
+            occurred_at=due,
+            customer=sub.customer,
+            invoice=Invoice(
+                invoice_id, sub.customer.id, sub.subscription.id, amount, InvoiceStatus.OPEN, due
+            ),
+            payment_method=sub.method,
+            subscription=sub.subscription,
+            decline_code=result.decline_code,
+            network_code=result.network_code,
+            advice_code=result.advice_code,
+            gateway_reference=result.gateway_reference,
+        )
 
     def _plan_customer(self, sub: _Sub, at: datetime, result: ChargeResult) -> None:
         """Draw what this customer will do while the case is open."""
         rng, b = self.rng, self.behaviour
-        category = classify(result.decline_code, network_code=result.network_code,
-                            advice_code=result.advice_code).category
+        category = classify(
+            result.decline_code, network_code=result.network_code, advice_code=result.advice_code
+        ).category
         roll = rng.random()
         p_update = b.update_card_dead if category in DEAD_CARD else b.update_card_soft
         if roll < p_update:
@@ -366,16 +403,27 @@ class Business:
             self.dunning.pop(sub.invoice, None)
             sub.state = "churned"
             self.stats.cancellations += 1
-            return SubscriptionCanceled(f"evt_cancel_{sub.invoice}", at, sub.subscription.id,
-                                        "customer canceled while the payment was failing")
+            return SubscriptionCanceled(
+                f"evt_cancel_{sub.invoice}",
+                at,
+                sub.subscription.id,
+                "customer canceled while the payment was failing",
+            )
         self.stats.paid_out_of_band += 1
         self._resume(sub)
         return InvoicePaidOutOfBand(f"evt_oob_{sub.invoice}", at, sub.invoice, "bank transfer")
 
 
 def _card(method: PaymentMethod) -> CardRef:
-    return CardRef(method.id, method.gateway_token, method.brand, method.last4, method.exp_month,
-                   method.exp_year, method.funding)
+    return CardRef(
+        method.id,
+        method.gateway_token,
+        method.brand,
+        method.last4,
+        method.exp_month,
+        method.exp_year,
+        method.funding,
+    )
 
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)

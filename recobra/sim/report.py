@@ -29,25 +29,47 @@ class Report:
         return self.data
 
 
-def build_report(engine: Engine, stats: SimStats, *, wall_seconds: float,
-                 settings: dict[str, Any]) -> Report:
+def build_report(engine: Engine, stats: SimStats, *, wall_seconds: float, settings: dict[str, Any]) -> Report:
     cases = CaseRow.__table__
     attempts = AttemptRow.__table__
     events = CaseEventRow.__table__
     with engine.connect() as conn:
-        rows = conn.execute(select(cases.c.id, cases.c.status, cases.c.currency,
-                                   cases.c.amount_minor, cases.c.opened_at, cases.c.closed_at,
-                                   cases.c.final_action, cases.c.segment)).all()
-        opening = dict(conn.execute(select(attempts.c.case_id, attempts.c.category)
-                                    .where(attempts.c.number == 0)).all())
-        retry_triggers = [AttemptTrigger.POLICY.value, AttemptTrigger.PAYMENT_METHOD.value,
-                          AttemptTrigger.OPERATOR.value]
-        attempt_counts = dict(conn.execute(
-            select(attempts.c.case_id, func.count()).where(attempts.c.trigger.in_(retry_triggers))
-            .group_by(attempts.c.case_id)).all())
+        rows = conn.execute(
+            select(
+                cases.c.id,
+                cases.c.status,
+                cases.c.currency,
+                cases.c.amount_minor,
+                cases.c.opened_at,
+                cases.c.closed_at,
+                cases.c.final_action,
+                cases.c.segment,
+            )
+        ).all()
+        opening = dict(
+            conn.execute(select(attempts.c.case_id, attempts.c.category).where(attempts.c.number == 0)).all()
+        )
+        retry_triggers = [
+            AttemptTrigger.POLICY.value,
+            AttemptTrigger.PAYMENT_METHOD.value,
+            AttemptTrigger.OPERATOR.value,
+        ]
+        attempt_counts = dict(
+            conn.execute(
+                select(attempts.c.case_id, func.count())
+                .where(attempts.c.trigger.in_(retry_triggers))
+                .group_by(attempts.c.case_id)
+            ).all()
+        )
         total_attempts = sum(attempt_counts.values())
-        adjustments = conn.scalar(select(func.count()).select_from(events).where(
-            events.c.kind == EventKind.NETWORK_RULE_ADJUSTED.value)) or 0
+        adjustments = (
+            conn.scalar(
+                select(func.count())
+                .select_from(events)
+                .where(events.c.kind == EventKind.NETWORK_RULE_ADJUSTED.value)
+            )
+            or 0
+        )
 
     by_status = Counter(r.status for r in rows)
     recovered = [r for r in rows if r.status == CaseStatus.RECOVERED.value]
@@ -78,7 +100,8 @@ def build_report(engine: Engine, stats: SimStats, *, wall_seconds: float,
         "invoices": stats.invoices,
         "failed_invoices": stats.failed_invoices,
         "first_attempt_failure_rate": round(stats.failed_invoices / stats.invoices, 4)
-        if stats.invoices else 0.0,
+        if stats.invoices
+        else 0.0,
         "cases_opened": opened,
         "cases_closed": closed,
         "cases_by_status": dict(sorted(by_status.items())),
@@ -88,16 +111,18 @@ def build_report(engine: Engine, stats: SimStats, *, wall_seconds: float,
         "failed_amount_minor": dict(sorted(at_risk.items())),
         "attempts": total_attempts,
         "attempts_per_recovered_invoice": round(statistics.mean(recovered_attempts), 2)
-        if recovered_attempts else None,
+        if recovered_attempts
+        else None,
         "days_to_recover": {"median": pct(days_to_recover, 0.5), "p90": pct(days_to_recover, 0.9)},
-        "outcome_by_decline_category": {k: dict(sorted(v.items()))
-                                        for k, v in sorted(per_category.items())},
+        "outcome_by_decline_category": {k: dict(sorted(v.items())) for k, v in sorted(per_category.items())},
         "final_actions": dict(sorted(finals.items())),
         "segments": dict(sorted(segments.items())),
         "network_rule_adjustments": adjustments,
-        "customer_actions": {"card_updates": stats.card_updates,
-                             "cancellations": stats.cancellations,
-                             "paid_out_of_band": stats.paid_out_of_band},
+        "customer_actions": {
+            "card_updates": stats.card_updates,
+            "cancellations": stats.cancellations,
+            "paid_out_of_band": stats.paid_out_of_band,
+        },
         "ticks": stats.ticks,
         "wall_seconds": round(wall_seconds, 2),
         "invoices_per_second": round(stats.invoices / wall_seconds, 1) if wall_seconds else None,

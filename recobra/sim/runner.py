@@ -31,16 +31,28 @@ class SimulationError(ValueError):
 
 
 def run_simulation(
-    *, customers: int, days: int, seed: int, policy: Path | None, gateway: str,
-    gateway_settings: dict[str, str], database_url: str, start: datetime,
-    resolution_minutes: int, show_progress: bool, progress_console: Console | None = None,
+    *,
+    customers: int,
+    days: int,
+    seed: int,
+    policy: Path | None,
+    gateway: str,
+    gateway_settings: dict[str, str],
+    database_url: str,
+    start: datetime,
+    resolution_minutes: int,
+    show_progress: bool,
+    progress_console: Console | None = None,
 ) -> dict[str, Any]:
     """Simulate into an empty database and return the report as a dict."""
     if gateway == "simulated":
         gateway_settings = {"seed": str(seed), **gateway_settings}
-    settings = Settings(database_url=database_url, gateway=gateway,
-                        gateway_settings=gateway_settings,
-                        policy_file=str(policy) if policy else None)
+    settings = Settings(
+        database_url=database_url,
+        gateway=gateway,
+        gateway_settings=gateway_settings,
+        policy_file=str(policy) if policy else None,
+    )
     try:
         policies = load_policies(settings)
         inner = load_gateway(settings.gateway, settings.gateway_settings)
@@ -60,24 +72,46 @@ def run_simulation(
         engine = build_engine(settings, store=store, gateway=observed, policies=policies)
         started = time.perf_counter()
         try:
-            business = Business(engine, observed, customers=customers, days=days, seed=seed,
-                                start=start, resolution=timedelta(minutes=resolution_minutes))
+            business = Business(
+                engine,
+                observed,
+                customers=customers,
+                days=days,
+                seed=seed,
+                start=start,
+                resolution=timedelta(minutes=resolution_minutes),
+            )
         except (ValueError, DomainError) as exc:
             raise SimulationError(str(exc)) from None
         if show_progress:
-            with Progress(TextColumn("[bold]simulating[/] {task.description}"), BarColumn(),
-                          TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                          console=progress_console, transient=True) as progress:
+            with Progress(
+                TextColumn("[bold]simulating[/] {task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                console=progress_console,
+                transient=True,
+            ) as progress:
                 task = progress.add_task(f"{customers:,} customers x {days} days", total=1.0)
                 stats = business.run(lambda f: progress.update(task, completed=f))
         else:
             stats = business.run()
         wall = time.perf_counter() - started
-        report = build_report(store.engine, stats, wall_seconds=wall, settings={
-            "customers": customers, "days": days, "seed": seed, "gateway": gateway,
-            "policy": str(policy) if policy else "default", "start": start.isoformat(),
-            "resolution_minutes": resolution_minutes,
-            "database": store.engine.dialect.name})
+        report = build_report(
+            store.engine,
+            stats,
+            wall_seconds=wall,
+            settings={
+                "customers": customers,
+                "days": days,
+                "seed": seed,
+                "gateway": gateway,
+                "policy": str(policy) if policy else "default",
+                "start": start.isoformat(),
+                "resolution_minutes": resolution_minutes,
+                "database": store.engine.dialect.name,
+            },
+        )
         return report.as_dict()
     finally:
         store.dispose()

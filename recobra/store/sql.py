@@ -78,30 +78,61 @@ _CUSTOMERS_BY_ID = select(customers_t).where(customers_t.c.id.in_(_ids))
 _METHODS_BY_ID = select(methods_t).where(methods_t.c.id.in_(_ids))
 _OPEN_ATTEMPTS = select(attempts_t).where(
     attempts_t.c.case_id.in_(_ids),
-    attempts_t.c.status.in_([AttemptStatus.PENDING.value, AttemptStatus.UNKNOWN.value]))
-_CARD_HISTORY = (
-    select(attempts_t.c.payment_method_id, attempts_t.c.at, attempts_t.c.status,
-           attempts_t.c.category, attempts_t.c.code, attempts_t.c.network_code,
-           attempts_t.c.advice_code)
-    .where(attempts_t.c.payment_method_id.in_(_ids), attempts_t.c.at >= bindparam("since"),
-           attempts_t.c.status != AttemptStatus.PENDING.value))
+    attempts_t.c.status.in_([AttemptStatus.PENDING.value, AttemptStatus.UNKNOWN.value]),
+)
+_CARD_HISTORY = select(
+    attempts_t.c.payment_method_id,
+    attempts_t.c.at,
+    attempts_t.c.status,
+    attempts_t.c.category,
+    attempts_t.c.code,
+    attempts_t.c.network_code,
+    attempts_t.c.advice_code,
+).where(
+    attempts_t.c.payment_method_id.in_(_ids),
+    attempts_t.c.at >= bindparam("since"),
+    attempts_t.c.status != AttemptStatus.PENDING.value,
+)
 _INSERT_CASES = cases_t.insert()
 _INSERT_EVENTS = events_t.insert()
 _INSERT_ATTEMPTS = attempts_t.insert()
 _FINISH_ATTEMPTS = (
-    update(attempts_t).where(attempts_t.c.idempotency_key == bindparam("k_key"))
-    .values(status=bindparam("v_status"), at=bindparam("v_at"), category=bindparam("v_category"),
-            code=bindparam("v_code"), network_code=bindparam("v_network_code"),
-            advice_code=bindparam("v_advice_code"),
-            gateway_reference=bindparam("v_gateway_reference")))
+    update(attempts_t)
+    .where(attempts_t.c.idempotency_key == bindparam("k_key"))
+    .values(
+        status=bindparam("v_status"),
+        at=bindparam("v_at"),
+        category=bindparam("v_category"),
+        code=bindparam("v_code"),
+        network_code=bindparam("v_network_code"),
+        advice_code=bindparam("v_advice_code"),
+        gateway_reference=bindparam("v_gateway_reference"),
+    )
+)
 _CASE_COLUMNS = (
-    "status", "closed_at", "payment_method_id", "last_category", "last_code", "last_network_code",
-    "last_advice_code", "last_attempt_at", "attempts", "budget_used", "errors_in_row", "next_action",
-    "next_action_at", "next_action_reason", "final_action")
+    "status",
+    "closed_at",
+    "payment_method_id",
+    "last_category",
+    "last_code",
+    "last_network_code",
+    "last_advice_code",
+    "last_attempt_at",
+    "attempts",
+    "budget_used",
+    "errors_in_row",
+    "next_action",
+    "next_action_at",
+    "next_action_reason",
+    "final_action",
+)
 _SAVE_CASES = {
-    release: update(cases_t).where(cases_t.c.id == bindparam("k_id")).values(
+    release: update(cases_t)
+    .where(cases_t.c.id == bindparam("k_id"))
+    .values(
         **{c: bindparam(f"v_{c}") for c in _CASE_COLUMNS},
-        **({"claimed_by": None, "claim_expires_at": None} if release else {}))
+        **({"claimed_by": None, "claim_expires_at": None} if release else {}),
+    )
     for release in (False, True)
 }
 _NEXT_DUE = select(func.min(cases_t.c.next_action_at))
@@ -115,17 +146,19 @@ def _claim_statement(dialect: str, by_id: bool) -> Any:
         free = or_(cases_t.c.claim_expires_at.is_(None), cases_t.c.claim_expires_at < now)
         due = select(cases_t.c.id).where(free)
         if by_id:
-            due = due.where(cases_t.c.id.in_(bindparam("ids", expanding=True)),
-                            cases_t.c.status.in_(ACTIVE))
+            due = due.where(cases_t.c.id.in_(bindparam("ids", expanding=True)), cases_t.c.status.in_(ACTIVE))
         else:
             due = due.where(cases_t.c.next_action_at <= now).order_by(cases_t.c.next_action_at)
         due = due.limit(bindparam("limit"))
         if dialect == "postgresql":
             # Several workers: each skips rows another is claiming instead of waiting.
             due = due.with_for_update(skip_locked=True)
-        stmt = (update(cases_t).where(and_(cases_t.c.id.in_(due.scalar_subquery()), free))
-                .values(claimed_by=bindparam("worker"), claim_expires_at=bindparam("expires"))
-                .returning(cases_t.c.id))
+        stmt = (
+            update(cases_t)
+            .where(and_(cases_t.c.id.in_(due.scalar_subquery()), free))
+            .values(claimed_by=bindparam("worker"), claim_expires_at=bindparam("expires"))
+            .returning(cases_t.c.id)
+        )
         _STATEMENTS[key] = stmt
     return stmt
 
@@ -169,7 +202,7 @@ def _upsert(conn: Connection, table: Any, rows: list[dict[str, Any]], keys: Sequ
     cache_key = ("upsert", dialect, table.name, cols, tuple(keys))
     stmt = _STATEMENTS.get(cache_key)
     if stmt is None:
-        ins: Any = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
+        ins: Any = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
         stmt = ins.on_conflict_do_update(
             index_elements=list(keys),
             set_={c: getattr(ins.excluded, c) for c in cols if c not in keys},
@@ -178,8 +211,7 @@ def _upsert(conn: Connection, table: Any, rows: list[dict[str, Any]], keys: Sequ
     conn.execute(stmt, rows)
 
 
-def _decline(category: str | None, code: str | None, network: str | None,
-             advice: str | None) -> Decline:
+def _decline(category: str | None, code: str | None, network: str | None, advice: str | None) -> Decline:
     decline = classify(code or None, network_code=network, advice_code=advice)
     if category and decline.category.value != category:
         decline = replace(decline, category=DeclineCategory(category))
@@ -188,16 +220,25 @@ def _decline(category: str | None, code: str | None, network: str | None,
 
 def _case_from_row(r: Row[Any]) -> DunningCase:
     return DunningCase(
-        id=r.id, invoice_id=r.invoice_id, customer_id=r.customer_id,
-        subscription_id=r.subscription_id, amount=Money(r.amount_minor, r.currency),
-        opened_at=r.opened_at, policy_name=r.policy_name, policy_version=r.policy_version,
-        segment=r.segment, payment_method_id=r.payment_method_id,
-        last_decline=_decline(r.last_category, r.last_code, r.last_network_code,
-                              r.last_advice_code),
-        last_attempt_at=r.last_attempt_at, status=CaseStatus(r.status), attempts=r.attempts,
-        budget_used=r.budget_used, errors_in_row=r.errors_in_row,
+        id=r.id,
+        invoice_id=r.invoice_id,
+        customer_id=r.customer_id,
+        subscription_id=r.subscription_id,
+        amount=Money(r.amount_minor, r.currency),
+        opened_at=r.opened_at,
+        policy_name=r.policy_name,
+        policy_version=r.policy_version,
+        segment=r.segment,
+        payment_method_id=r.payment_method_id,
+        last_decline=_decline(r.last_category, r.last_code, r.last_network_code, r.last_advice_code),
+        last_attempt_at=r.last_attempt_at,
+        status=CaseStatus(r.status),
+        attempts=r.attempts,
+        budget_used=r.budget_used,
+        errors_in_row=r.errors_in_row,
         next_action=NextAction(r.next_action) if r.next_action else None,
-        next_action_at=r.next_action_at, next_action_reason=r.next_action_reason,
+        next_action_at=r.next_action_at,
+        next_action_reason=r.next_action_reason,
         closed_at=r.closed_at,
         final_action=FinalAction(r.final_action) if r.final_action else None,
     )
@@ -206,34 +247,52 @@ def _case_from_row(r: Row[Any]) -> DunningCase:
 def _case_values(case: DunningCase) -> dict[str, Any]:
     d = case.last_decline
     return {
-        "status": case.status.value, "closed_at": case.closed_at,
-        "payment_method_id": case.payment_method_id, "last_category": d.category.value,
-        "last_code": d.code, "last_network_code": d.network_code,
-        "last_advice_code": d.advice_code, "last_attempt_at": case.last_attempt_at,
-        "attempts": case.attempts, "budget_used": case.budget_used,
+        "status": case.status.value,
+        "closed_at": case.closed_at,
+        "payment_method_id": case.payment_method_id,
+        "last_category": d.category.value,
+        "last_code": d.code,
+        "last_network_code": d.network_code,
+        "last_advice_code": d.advice_code,
+        "last_attempt_at": case.last_attempt_at,
+        "attempts": case.attempts,
+        "budget_used": case.budget_used,
         "errors_in_row": case.errors_in_row,
         "next_action": case.next_action.value if case.next_action else None,
-        "next_action_at": case.next_action_at, "next_action_reason": case.next_action_reason,
+        "next_action_at": case.next_action_at,
+        "next_action_reason": case.next_action_reason,
         "final_action": case.final_action.value if case.final_action else None,
     }
 
 
 def _event_values(events: Iterable[CaseEvent]) -> list[dict[str, Any]]:
     return [
-        {"case_id": e.case_id, "at": e.at, "kind": e.kind.value, "reason": e.reason,
-         "from_status": e.from_status.value if e.from_status else None,
-         "to_status": e.to_status.value if e.to_status else None,
-         "data": e.data or None}
+        {
+            "case_id": e.case_id,
+            "at": e.at,
+            "kind": e.kind.value,
+            "reason": e.reason,
+            "from_status": e.from_status.value if e.from_status else None,
+            "to_status": e.to_status.value if e.to_status else None,
+            "data": e.data or None,
+        }
         for e in events
     ]
 
 
 def _attempt_from_row(r: Row[Any]) -> Attempt:
-    decline = (_decline(r.category, r.code, r.network_code, r.advice_code)
-               if r.category else None)
-    return Attempt(r.case_id, r.number, r.payment_method_id, r.idempotency_key, r.at,
-                   AttemptStatus(r.status), AttemptTrigger(r.trigger), decline,
-                   r.gateway_reference)
+    decline = _decline(r.category, r.code, r.network_code, r.advice_code) if r.category else None
+    return Attempt(
+        r.case_id,
+        r.number,
+        r.payment_method_id,
+        r.idempotency_key,
+        r.at,
+        AttemptStatus(r.status),
+        AttemptTrigger(r.trigger),
+        decline,
+        r.gateway_reference,
+    )
 
 
 class SqlUnitOfWork:
@@ -275,42 +334,109 @@ class SqlUnitOfWork:
 
     # -- reference data
     def upsert_customers(self, customers: Sequence[Customer]) -> None:
-        _upsert(self.conn, customers_t, [{
-            "id": c.id, "email": c.email, "name": c.name, "phone": c.phone, "locale": c.locale,
-            "timezone": c.timezone, "country": c.country, "created_at": c.created_at}
-            for c in customers], ["id"])
+        _upsert(
+            self.conn,
+            customers_t,
+            [
+                {
+                    "id": c.id,
+                    "email": c.email,
+                    "name": c.name,
+                    "phone": c.phone,
+                    "locale": c.locale,
+                    "timezone": c.timezone,
+                    "country": c.country,
+                    "created_at": c.created_at,
+                }
+                for c in customers
+            ],
+            ["id"],
+        )
 
     def upsert_payment_methods(self, methods: Sequence[PaymentMethod]) -> None:
         defaults = [m for m in methods if m.is_default]
         if defaults:
             self.conn.execute(
                 update(PaymentMethodRow)
-                .where(PaymentMethodRow.customer_id.in_({m.customer_id for m in defaults}),
-                       PaymentMethodRow.id.not_in({m.id for m in defaults}),
-                       PaymentMethodRow.is_default)
-                .values(is_default=False))
-        _upsert(self.conn, methods_t, [{
-            "id": m.id, "customer_id": m.customer_id, "gateway_token": m.gateway_token,
-            "brand": m.brand, "last4": m.last4, "exp_month": m.exp_month,
-            "exp_year": m.exp_year, "funding": m.funding.value, "is_default": m.is_default}
-            for m in methods], ["id"])
+                .where(
+                    PaymentMethodRow.customer_id.in_({m.customer_id for m in defaults}),
+                    PaymentMethodRow.id.not_in({m.id for m in defaults}),
+                    PaymentMethodRow.is_default,
+                )
+                .values(is_default=False)
+            )
+        _upsert(
+            self.conn,
+            methods_t,
+            [
+                {
+                    "id": m.id,
+                    "customer_id": m.customer_id,
+                    "gateway_token": m.gateway_token,
+                    "brand": m.brand,
+                    "last4": m.last4,
+                    "exp_month": m.exp_month,
+                    "exp_year": m.exp_year,
+                    "funding": m.funding.value,
+                    "is_default": m.is_default,
+                }
+                for m in methods
+            ],
+            ["id"],
+        )
 
     def upsert_subscriptions(self, subscriptions: Sequence[Subscription]) -> None:
         plans = {s.plan.id: s.plan for s in subscriptions}
-        _upsert(self.conn, PlanRow.__table__, [{
-            "id": p.id, "name": p.name, "interval": p.interval.value,
-            "amount_minor": p.price.amount_minor, "currency": p.price.currency}
-            for p in plans.values()], ["id"])
-        _upsert(self.conn, SubscriptionRow.__table__, [{
-            "id": s.id, "customer_id": s.customer_id, "plan_id": s.plan.id,
-            "status": s.status.value, "started_at": s.started_at} for s in subscriptions], ["id"])
+        _upsert(
+            self.conn,
+            PlanRow.__table__,
+            [
+                {
+                    "id": p.id,
+                    "name": p.name,
+                    "interval": p.interval.value,
+                    "amount_minor": p.price.amount_minor,
+                    "currency": p.price.currency,
+                }
+                for p in plans.values()
+            ],
+            ["id"],
+        )
+        _upsert(
+            self.conn,
+            SubscriptionRow.__table__,
+            [
+                {
+                    "id": s.id,
+                    "customer_id": s.customer_id,
+                    "plan_id": s.plan.id,
+                    "status": s.status.value,
+                    "started_at": s.started_at,
+                }
+                for s in subscriptions
+            ],
+            ["id"],
+        )
 
     def upsert_invoices(self, invoices: Sequence[Invoice]) -> None:
-        _upsert(self.conn, InvoiceRow.__table__, [{
-            "id": i.id, "customer_id": i.customer_id, "subscription_id": i.subscription_id,
-            "amount_minor": i.amount.amount_minor, "currency": i.amount.currency,
-            "status": i.status.value, "created_at": i.created_at, "paid_at": None}
-            for i in invoices], ["id"])
+        _upsert(
+            self.conn,
+            InvoiceRow.__table__,
+            [
+                {
+                    "id": i.id,
+                    "customer_id": i.customer_id,
+                    "subscription_id": i.subscription_id,
+                    "amount_minor": i.amount.amount_minor,
+                    "currency": i.amount.currency,
+                    "status": i.status.value,
+                    "created_at": i.created_at,
+                    "paid_at": None,
+                }
+                for i in invoices
+            ],
+            ["id"],
+        )
 
     def set_invoice_status(self, invoice_id: str, status: InvoiceStatus, at: datetime) -> None:
         values: dict[str, Any] = {"status": status.value}
@@ -322,8 +448,7 @@ class SqlUnitOfWork:
         if not statuses:
             return
         table = SubscriptionRow.__table__
-        stmt = (update(table).where(table.c.id == bindparam("k_id"))
-                .values(status=bindparam("v_status")))
+        stmt = update(table).where(table.c.id == bindparam("k_id")).values(status=bindparam("v_status"))
         self.conn.execute(stmt, [{"k_id": i, "v_status": st.value} for i, st in statuses])
 
     # -- cases
@@ -333,8 +458,9 @@ class SqlUnitOfWork:
         rows = self.conn.execute(_CASES_BY_INVOICE, {"ids": list(set(invoice_ids))})
         return {r.invoice_id: _case_from_row(r) for r in rows}
 
-    def active_case_ids(self, *, customer_id: str | None = None,
-                        subscription_id: str | None = None) -> list[str]:
+    def active_case_ids(
+        self, *, customer_id: str | None = None, subscription_id: str | None = None
+    ) -> list[str]:
         stmt = select(cases_t.c.id).where(cases_t.c.status.in_(ACTIVE))
         if customer_id is not None:
             stmt = stmt.where(cases_t.c.customer_id == customer_id)
@@ -348,18 +474,31 @@ class SqlUnitOfWork:
         ids = list(case_ids)
         cases = [_case_from_row(r) for r in self.conn.execute(_CASES_BY_ID, {"ids": ids})]
         customers = {
-            r.id: Customer(id=r.id, email=r.email, locale=r.locale, timezone=r.timezone,
-                           country=r.country, name=r.name, phone=r.phone,
-                           created_at=r.created_at)
-            for r in self.conn.execute(_CUSTOMERS_BY_ID,
-                                       {"ids": list({c.customer_id for c in cases})})
+            r.id: Customer(
+                id=r.id,
+                email=r.email,
+                locale=r.locale,
+                timezone=r.timezone,
+                country=r.country,
+                name=r.name,
+                phone=r.phone,
+                created_at=r.created_at,
+            )
+            for r in self.conn.execute(_CUSTOMERS_BY_ID, {"ids": list({c.customer_id for c in cases})})
         }
         pm_ids = list({c.payment_method_id for c in cases})
         methods = {
-            r.id: PaymentMethod(id=r.id, customer_id=r.customer_id, gateway_token=r.gateway_token,
-                                brand=r.brand, last4=r.last4, exp_month=r.exp_month,
-                                exp_year=r.exp_year, funding=Funding(r.funding),
-                                is_default=r.is_default)
+            r.id: PaymentMethod(
+                id=r.id,
+                customer_id=r.customer_id,
+                gateway_token=r.gateway_token,
+                brand=r.brand,
+                last4=r.last4,
+                exp_month=r.exp_month,
+                exp_year=r.exp_year,
+                funding=Funding(r.funding),
+                is_default=r.is_default,
+            )
             for r in self.conn.execute(_METHODS_BY_ID, {"ids": pm_ids})
         }
         open_attempts: dict[str, list[Attempt]] = {}
@@ -367,32 +506,47 @@ class SqlUnitOfWork:
             open_attempts.setdefault(r.case_id, []).append(_attempt_from_row(r))
         history: dict[str, list[PriorAttempt]] = {}
         for r in self.conn.execute(_CARD_HISTORY, {"ids": pm_ids, "since": now - CARD_HISTORY}):
-            decline = (None if r.status == AttemptStatus.SUCCEEDED.value
-                       else _decline(r.category, r.code, r.network_code, r.advice_code))
+            decline = (
+                None
+                if r.status == AttemptStatus.SUCCEEDED.value
+                else _decline(r.category, r.code, r.network_code, r.advice_code)
+            )
             history.setdefault(r.payment_method_id, []).append(PriorAttempt(r.at, decline))
         bundles = []
         for case in cases:
             extra = open_attempts.get(case.id, [])
             pending = next((a for a in extra if a.status is AttemptStatus.PENDING), None)
-            unknown = next((a for a in extra if a.status is AttemptStatus.UNKNOWN
-                            and a.number == case.attempts), None)
-            bundles.append(CaseBundle(
-                case=case, customer=customers[case.customer_id],
-                payment_method=methods[case.payment_method_id],
-                card_history=tuple(sorted(history.get(case.payment_method_id, ()),
-                                          key=lambda p: p.at)),
-                pending=pending, last_status_unknown=unknown))
+            unknown = next(
+                (a for a in extra if a.status is AttemptStatus.UNKNOWN and a.number == case.attempts), None
+            )
+            bundles.append(
+                CaseBundle(
+                    case=case,
+                    customer=customers[case.customer_id],
+                    payment_method=methods[case.payment_method_id],
+                    card_history=tuple(sorted(history.get(case.payment_method_id, ()), key=lambda p: p.at)),
+                    pending=pending,
+                    last_status_unknown=unknown,
+                )
+            )
         return bundles
 
     def add_cases(self, cases: Sequence[DunningCase]) -> None:
         rows, events = [], []
         for case in cases:
             values = _case_values(case)
-            values.update(id=case.id, invoice_id=case.invoice_id, customer_id=case.customer_id,
-                          subscription_id=case.subscription_id,
-                          amount_minor=case.amount.amount_minor, currency=case.amount.currency,
-                          opened_at=case.opened_at, policy_name=case.policy_name,
-                          policy_version=case.policy_version, segment=case.segment)
+            values.update(
+                id=case.id,
+                invoice_id=case.invoice_id,
+                customer_id=case.customer_id,
+                subscription_id=case.subscription_id,
+                amount_minor=case.amount.amount_minor,
+                currency=case.amount.currency,
+                opened_at=case.opened_at,
+                policy_name=case.policy_name,
+                policy_version=case.policy_version,
+                segment=case.segment,
+            )
             rows.append(values)
             events.extend(_event_values(case.collect_events()))
         if rows:
@@ -423,17 +577,31 @@ class SqlUnitOfWork:
         rows = []
         for a in attempts:
             v = _attempt_values(a)
-            rows.append({"k_key": v["idempotency_key"], "v_status": v["status"], "v_at": v["at"],
-                         "v_category": v["category"], "v_code": v["code"],
-                         "v_network_code": v["network_code"], "v_advice_code": v["advice_code"],
-                         "v_gateway_reference": v["gateway_reference"]})
+            rows.append(
+                {
+                    "k_key": v["idempotency_key"],
+                    "v_status": v["status"],
+                    "v_at": v["at"],
+                    "v_category": v["category"],
+                    "v_code": v["code"],
+                    "v_network_code": v["network_code"],
+                    "v_advice_code": v["advice_code"],
+                    "v_gateway_reference": v["gateway_reference"],
+                }
+            )
         self.conn.execute(_FINISH_ATTEMPTS, rows)
 
-    def claim_due(self, now: datetime, *, limit: int, worker_id: str, lease: timedelta,
-                  case_ids: Sequence[str] | None = None) -> list[str]:
+    def claim_due(
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        worker_id: str,
+        lease: timedelta,
+        case_ids: Sequence[str] | None = None,
+    ) -> list[str]:
         stmt = _claim_statement(self.conn.dialect.name, case_ids is not None)
-        params: dict[str, Any] = {"now": now, "limit": limit, "worker": worker_id,
-                                  "expires": now + lease}
+        params: dict[str, Any] = {"now": now, "limit": limit, "worker": worker_id, "expires": now + lease}
         if case_ids is not None:
             params["ids"] = list(case_ids)
         return list(self.conn.scalars(stmt, params))
@@ -441,12 +609,20 @@ class SqlUnitOfWork:
 
 def _attempt_values(a: Attempt) -> dict[str, Any]:
     d = a.decline
-    return {"case_id": a.case_id, "number": a.number, "payment_method_id": a.payment_method_id,
-            "idempotency_key": a.idempotency_key, "at": a.at, "status": a.status.value,
-            "trigger": a.trigger.value, "category": d.category.value if d else None,
-            "code": d.code if d else None, "network_code": d.network_code if d else None,
-            "advice_code": d.advice_code if d else None,
-            "gateway_reference": a.gateway_reference}
+    return {
+        "case_id": a.case_id,
+        "number": a.number,
+        "payment_method_id": a.payment_method_id,
+        "idempotency_key": a.idempotency_key,
+        "at": a.at,
+        "status": a.status.value,
+        "trigger": a.trigger.value,
+        "category": d.category.value if d else None,
+        "code": d.code if d else None,
+        "network_code": d.network_code if d else None,
+        "advice_code": d.advice_code if d else None,
+        "gateway_reference": a.gateway_reference,
+    }
 
 
 class SqlStore:

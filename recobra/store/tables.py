@@ -134,8 +134,10 @@ class CaseRow(Base):
 
 class AttemptRow(Base):
     __tablename__ = "attempts"
-    __table_args__ = (Index("ix_attempts_card_time", "payment_method_id", "at"),
-                      Index("ix_attempts_case_status", "case_id", "status"))
+    __table_args__ = (
+        Index("ix_attempts_card_time", "payment_method_id", "at"),
+        Index("ix_attempts_case_status", "case_id", "status"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"))
     number: Mapped[int]
