@@ -109,6 +109,13 @@ class TickReport:
 
 
 @dataclass(slots=True)
+class _Batch:
+    claimed: int
+    work: list[_Work] = field(default_factory=list)
+    finals: list[CaseBundle] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Work:
     bundle: CaseBundle
     attempt: Attempt
@@ -463,45 +470,52 @@ class Engine:
         while True:
             with self.store.unit_of_work() as uow:
                 ids = uow.claim_due(now, limit=self.batch_size, worker_id=self.worker_id, lease=self.lease)
+                batch = self._prepare(uow, ids, now)
                 uow.commit()
             if ids:
-                report.add(self.process(ids, now, claimed=True))
+                report.add(self._execute(batch, now))
             if len(ids) < self.batch_size:
                 # A short batch means nothing else was due when we claimed; anything
                 # that became due since is picked up by the next tick.
                 return report
 
-    def process(self, case_ids: Sequence[str], now: datetime, *, claimed: bool = False) -> TickReport:
-        """Act on the given cases now (each must be due or claimed by this worker)."""
-        if not claimed:
-            with self.store.unit_of_work() as uow:
-                case_ids = uow.claim_due(
-                    now, limit=len(case_ids), worker_id=self.worker_id, lease=self.lease, case_ids=case_ids
-                )
-                uow.commit()
-        report = TickReport(claimed=len(case_ids))
-        # Phase A: reconcile leftovers, write pending attempts, commit before any charge.
+    def process(self, case_ids: Sequence[str], now: datetime) -> TickReport:
+        """Act now on the given active cases (an immediate retry), claiming them first;
+        cases another worker holds are left to it."""
+        require_aware("now", now)
         with self.store.unit_of_work() as uow:
-            bundles = uow.load_bundles(case_ids, now)
-            work: list[_Work] = []
-            finals: list[CaseBundle] = []
-            new_attempts: list[Attempt] = []
-            for bundle in bundles:
-                case = bundle.case
-                if not case.is_active or case.next_action is None:
-                    continue
-                if bundle.pending is not None:
-                    work.append(_Work(bundle, bundle.pending, resend=True))
-                elif case.next_action is NextAction.FINAL_ACTION:
-                    finals.append(bundle)
-                elif case.next_action in (NextAction.RETRY, NextAction.RETRY_NOW):
-                    attempt = self._start_attempt(case, bundle, now)
-                    new_attempts.append(attempt)
-                    work.append(_Work(bundle, attempt))
-            uow.add_attempts(new_attempts)
-            uow.save_cases([w.bundle.case for w in work], release_claims=False)
+            ids = uow.claim_due(
+                now, limit=len(case_ids), worker_id=self.worker_id, lease=self.lease, case_ids=case_ids
+            )
+            batch = self._prepare(uow, ids, now)
             uow.commit()
+        return self._execute(batch, now)
 
+    def _prepare(self, uow: UnitOfWork, case_ids: Sequence[str], now: datetime) -> _Batch:
+        """Phase A, inside the claiming transaction: write every attempt as pending before
+        any charge, so a crash after this commit is reconciled rather than repeated."""
+        batch = _Batch(claimed=len(case_ids))
+        new_attempts: list[Attempt] = []
+        for bundle in uow.load_bundles(case_ids, now):
+            case = bundle.case
+            if not case.is_active or case.next_action is None:
+                continue
+            if bundle.pending is not None:
+                batch.work.append(_Work(bundle, bundle.pending, resend=True))
+            elif case.next_action is NextAction.FINAL_ACTION:
+                batch.finals.append(bundle)
+            else:
+                attempt = self._start_attempt(case, bundle, now)
+                new_attempts.append(attempt)
+                batch.work.append(_Work(bundle, attempt))
+        uow.add_attempts(new_attempts)
+        uow.save_cases([w.bundle.case for w in batch.work], release_claims=False)
+        return batch
+
+    def _execute(self, batch: _Batch, now: datetime) -> TickReport:
+        """Phases B (gateway calls, no transaction open) and C (outcomes, one transaction)."""
+        report = TickReport(claimed=batch.claimed)
+        work, finals = batch.work, batch.finals
         # Phase B: talk to the gateway, outside any transaction.
         for item in work:
             if item.resend:

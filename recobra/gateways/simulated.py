@@ -704,11 +704,15 @@ class SimulatedGateway:
         return int(count)
 
     def close(self) -> None:
-        """Close the ledger file, if any. The in-memory ledger needs no closing."""
+        """Close the ledger file, if any; using the gateway afterwards then fails loudly.
+
+        The in-memory ledger needs no closing.
+        """
         with self._lock:
             if self._db is not None:
+                # Keep the closed connection rather than dropping to the in-memory
+                # ledger: later calls raise instead of silently forgetting charges.
                 self._db.close()
-                self._db = None
 
     def __enter__(self) -> SimulatedGateway:
         return self

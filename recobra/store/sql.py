@@ -136,6 +136,18 @@ _SAVE_CASES = {
     for release in (False, True)
 }
 _NEXT_DUE = select(func.min(cases_t.c.next_action_at))
+_invoices_t = InvoiceRow.__table__
+_SET_INVOICE_STATUS = (
+    update(_invoices_t)
+    .where(_invoices_t.c.id == bindparam("k_id"))
+    .values(status=bindparam("v_status"), paid_at=func.coalesce(bindparam("v_paid_at"), _invoices_t.c.paid_at))
+)
+_subscriptions_t = SubscriptionRow.__table__
+_SET_SUBSCRIPTION_STATUS = (
+    update(_subscriptions_t)
+    .where(_subscriptions_t.c.id == bindparam("k_id"))
+    .values(status=bindparam("v_status"))
+)
 
 
 def _claim_statement(dialect: str, by_id: bool) -> Any:
@@ -179,9 +191,11 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            # One writer at a time: take the write lock at BEGIN, not at the first
-            # write, so two processes never deadlock upgrading their locks.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # One writer at a time: a unit of work takes the write lock at BEGIN, not at
+            # its first write, so two processes never deadlock upgrading their locks.
+            # Plain reads begin a deferred transaction and never block writers (WAL).
+            immediate = conn.get_execution_options().get("recobra_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is off).
         @event.listens_for(engine, "connect")
@@ -303,8 +317,10 @@ class SqlUnitOfWork:
         self.conn: Connection
 
     def __enter__(self) -> SqlUnitOfWork:
-        self.conn = self._engine.connect()
+        self.conn = self._engine.connect().execution_options(recobra_write=True)
         self._tx = self.conn.begin()
+        self._invoice_statuses: dict[str, dict[str, Any]] = {}
+        self._subscription_statuses: dict[str, str] = {}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -315,6 +331,15 @@ class SqlUnitOfWork:
             self.conn.close()
 
     def commit(self) -> None:
+        # Status changes are buffered and written in two statements at the end: a tick
+        # changes hundreds of invoices and subscriptions, and nothing reads them back.
+        if self._invoice_statuses:
+            self.conn.execute(_SET_INVOICE_STATUS, list(self._invoice_statuses.values()))
+        if self._subscription_statuses:
+            self.conn.execute(
+                _SET_SUBSCRIPTION_STATUS,
+                [{"k_id": k, "v_status": v} for k, v in self._subscription_statuses.items()],
+            )
         self._tx.commit()
 
     # -- events
@@ -439,17 +464,15 @@ class SqlUnitOfWork:
         )
 
     def set_invoice_status(self, invoice_id: str, status: InvoiceStatus, at: datetime) -> None:
-        values: dict[str, Any] = {"status": status.value}
-        if status is InvoiceStatus.PAID:
-            values["paid_at"] = at
-        self.conn.execute(update(InvoiceRow).where(InvoiceRow.id == invoice_id).values(**values))
+        self._invoice_statuses[invoice_id] = {
+            "k_id": invoice_id,
+            "v_status": status.value,
+            "v_paid_at": at if status is InvoiceStatus.PAID else None,
+        }
 
     def set_subscription_statuses(self, statuses: Sequence[tuple[str, SubscriptionStatus]]) -> None:
-        if not statuses:
-            return
-        table = SubscriptionRow.__table__
-        stmt = update(table).where(table.c.id == bindparam("k_id")).values(status=bindparam("v_status"))
-        self.conn.execute(stmt, [{"k_id": i, "v_status": st.value} for i, st in statuses])
+        for subscription_id, status in statuses:
+            self._subscription_statuses[subscription_id] = status.value
 
     # -- cases
     def cases_for_invoices(self, invoice_ids: Sequence[str]) -> dict[str, DunningCase]:
