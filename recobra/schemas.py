@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -264,9 +264,7 @@ def _not_a_card_number(value: str) -> str:
 def _last4(value: str) -> str:
     digits = _digits(value)
     if len(digits) > 4 and digits.isdigit():
-        raise PydanticCustomError(
-            "card_data", "takes only the last four digits; " + _CARD_DATA_REASON
-        )
+        raise PydanticCustomError("card_data", "takes only the last four digits; " + _CARD_DATA_REASON)
     return value
 
 
@@ -348,7 +346,9 @@ class _CardIn(_Model):
     ]
     brand: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     last4: Annotated[
-        str, StringConstraints(max_length=32), AfterValidator(_last4),
+        str,
+        StringConstraints(max_length=32),
+        AfterValidator(_last4),
         Field(description="the card's last four digits, as a string"),
     ]
     exp_month: StrictInt
@@ -430,16 +430,15 @@ class InvoicePaidOutOfBandEvent(_Model):
     note: Text | None = None
 
 
-Event = Annotated[
-    Union[  # noqa: UP007  (a discriminated union reads best spelled out)
-        PaymentFailedEvent,
-        PaymentSucceededEvent,
-        PaymentMethodUpdatedEvent,
-        SubscriptionCanceledEvent,
-        InvoicePaidOutOfBandEvent,
-    ],
-    Field(discriminator="type"),
-]
+_EventModel = (
+    PaymentFailedEvent
+    | PaymentSucceededEvent
+    | PaymentMethodUpdatedEvent
+    | SubscriptionCanceledEvent
+    | InvoicePaidOutOfBandEvent
+)
+Event = Annotated[_EventModel, Field(discriminator="type")]
+"""One incoming event: a union discriminated by ``type``."""
 
 _EVENT_MODELS: dict[str, type[_Model]] = {
     "payment_failed": PaymentFailedEvent,
@@ -448,10 +447,6 @@ _EVENT_MODELS: dict[str, type[_Model]] = {
     "subscription_canceled": SubscriptionCanceledEvent,
     "invoice_paid_out_of_band": InvoicePaidOutOfBandEvent,
 }
-_EventModel = (
-    PaymentFailedEvent | PaymentSucceededEvent | PaymentMethodUpdatedEvent
-    | SubscriptionCanceledEvent | InvoicePaidOutOfBandEvent
-)
 _ADAPTER: TypeAdapter[_EventModel] = TypeAdapter(Event)
 
 
@@ -494,8 +489,11 @@ def _model_at(model: type[BaseModel], keys: Sequence[int | str]) -> type[BaseMod
         field = current.model_fields.get(key) if isinstance(key, str) else None
         if field is None:
             return None
-        nested = [a for a in (field.annotation, *get_args(field.annotation))
-                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        nested = [
+            a
+            for a in (field.annotation, *get_args(field.annotation))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         if not nested:
             return None
         current = nested[0]
@@ -516,6 +514,8 @@ def _reason(error: Any, model: type[BaseModel] | None, loc: Sequence[int | str])
         return "required"
     if kind in {"model_type", "model_attributes_type", "dict_type"}:
         return f"must be a JSON object, not {_kind(error.get('input'))}"
+    if kind.endswith("_type") and "input" in error:
+        return f"{error['msg']}, not {_kind(error['input'])}"
     return str(error["msg"])
 
 
@@ -558,62 +558,111 @@ class _Builder:
 
 def _payment_failed(event: PaymentFailedEvent, b: _Builder) -> PaymentFailed | None:
     c, inv, pm, sub = event.customer, event.invoice, event.payment_method, event.subscription
-    customer = b.build("customer", lambda: Customer(
-        id=c.id, email=c.email, locale=c.locale, timezone=c.timezone, country=c.country,
-        name=c.name, phone=c.phone, created_at=c.created_at))
+    customer = b.build(
+        "customer",
+        lambda: Customer(
+            id=c.id,
+            email=c.email,
+            locale=c.locale,
+            timezone=c.timezone,
+            country=c.country,
+            name=c.name,
+            phone=c.phone,
+            created_at=c.created_at,
+        ),
+    )
     subscription: Subscription | None = None
     if sub is not None:
         p = sub.plan
         sub_customer = b.same("subscription.customer_id", sub.customer_id, c.id, "customer.id")
-        plan = b.build("subscription.plan", lambda: Plan(
-            id=p.id, name=p.name, interval=p.interval,
-            price=Money.of(p.amount_minor, p.currency)))
+        plan = b.build(
+            "subscription.plan",
+            lambda: Plan(
+                id=p.id, name=p.name, interval=p.interval, price=Money.of(p.amount_minor, p.currency)
+            ),
+        )
         if plan is not None:
-            subscription = b.build("subscription", lambda: Subscription(
-                id=sub.id, customer_id=sub_customer, plan=plan, status=sub.status,
-                started_at=sub.started_at))
+            subscription = b.build(
+                "subscription",
+                lambda: Subscription(
+                    id=sub.id,
+                    customer_id=sub_customer,
+                    plan=plan,
+                    status=sub.status,
+                    started_at=sub.started_at,
+                ),
+            )
     inv_customer = b.same("invoice.customer_id", inv.customer_id, c.id, "customer.id")
     inv_subscription = inv.subscription_id
     if sub is not None:
-        inv_subscription = b.same(
-            "invoice.subscription_id", inv.subscription_id, sub.id, "subscription.id")
-    invoice = b.build("invoice", lambda: Invoice(
-        id=inv.id, customer_id=inv_customer, subscription_id=inv_subscription,
-        amount=Money.of(inv.amount_minor, inv.currency), status=InvoiceStatus.OPEN,
-        created_at=inv.created_at))
+        inv_subscription = b.same("invoice.subscription_id", inv.subscription_id, sub.id, "subscription.id")
+    invoice = b.build(
+        "invoice",
+        lambda: Invoice(
+            id=inv.id,
+            customer_id=inv_customer,
+            subscription_id=inv_subscription,
+            amount=Money.of(inv.amount_minor, inv.currency),
+            status=InvoiceStatus.OPEN,
+            created_at=inv.created_at,
+        ),
+    )
     pm_customer = b.same("payment_method.customer_id", pm.customer_id, c.id, "customer.id")
-    method = b.build("payment_method", lambda: PaymentMethod(
-        id=pm.id, customer_id=pm_customer, gateway_token=pm.gateway_token, brand=pm.brand,
-        last4=pm.last4, exp_month=pm.exp_month, exp_year=pm.exp_year, funding=pm.funding))
+    method = b.build(
+        "payment_method",
+        lambda: PaymentMethod(
+            id=pm.id,
+            customer_id=pm_customer,
+            gateway_token=pm.gateway_token,
+            brand=pm.brand,
+            last4=pm.last4,
+            exp_month=pm.exp_month,
+            exp_year=pm.exp_year,
+            funding=pm.funding,
+        ),
+    )
     if customer is None or invoice is None or method is None or b.problems:
         return None
     decline = event.decline or DeclineIn()
     return PaymentFailed(
-        event_id=event.id, occurred_at=event.occurred_at, customer=customer, invoice=invoice,
-        payment_method=method, subscription=subscription,
-        decline_code=decline.code or None, network_code=decline.network_code or None,
-        advice_code=decline.advice_code or None, gateway_reference=event.gateway_reference)
+        event_id=event.id,
+        occurred_at=event.occurred_at,
+        customer=customer,
+        invoice=invoice,
+        payment_method=method,
+        subscription=subscription,
+        decline_code=decline.code or None,
+        network_code=decline.network_code or None,
+        advice_code=decline.advice_code or None,
+        gateway_reference=event.gateway_reference,
+    )
 
 
 def _command(event: _EventModel, b: _Builder) -> Command | None:
     if isinstance(event, PaymentFailedEvent):
         return _payment_failed(event, b)
     if isinstance(event, PaymentSucceededEvent):
-        return PaymentSucceeded(event.id, event.occurred_at, event.invoice_id,
-                                event.gateway_reference)
+        return PaymentSucceeded(event.id, event.occurred_at, event.invoice_id, event.gateway_reference)
     if isinstance(event, PaymentMethodUpdatedEvent):
         pm = event.payment_method
-        method = b.build("payment_method", lambda: PaymentMethod(
-            id=pm.id, customer_id=pm.customer_id, gateway_token=pm.gateway_token,
-            brand=pm.brand, last4=pm.last4, exp_month=pm.exp_month, exp_year=pm.exp_year,
-            funding=pm.funding, is_default=pm.is_default))
-        return None if method is None else PaymentMethodUpdated(
-            event.id, event.occurred_at, method)
+        method = b.build(
+            "payment_method",
+            lambda: PaymentMethod(
+                id=pm.id,
+                customer_id=pm.customer_id,
+                gateway_token=pm.gateway_token,
+                brand=pm.brand,
+                last4=pm.last4,
+                exp_month=pm.exp_month,
+                exp_year=pm.exp_year,
+                funding=pm.funding,
+                is_default=pm.is_default,
+            ),
+        )
+        return None if method is None else PaymentMethodUpdated(event.id, event.occurred_at, method)
     if isinstance(event, SubscriptionCanceledEvent):
-        return SubscriptionCanceled(event.id, event.occurred_at, event.subscription_id,
-                                    event.reason or "")
-    return InvoicePaidOutOfBand(event.id, event.occurred_at, event.invoice_id,
-                                event.note or "")
+        return SubscriptionCanceled(event.id, event.occurred_at, event.subscription_id, event.reason or "")
+    return InvoicePaidOutOfBand(event.id, event.occurred_at, event.invoice_id, event.note or "")
 
 
 # --- public API -----------------------------------------------------------------------
@@ -629,8 +678,11 @@ def parse_event(data: object, *, where: str = "") -> Command:
     tag = data.get("type")
     if not isinstance(tag, str) or tag not in _EVENT_MODELS:
         known = ", ".join(EVENT_TYPES)
-        reason = (f"required; one of: {known}" if "type" not in data
-                  else f"unknown event type {_show(tag)}; known types: {known}")
+        reason = (
+            f"required; one of: {known}"
+            if "type" not in data
+            else f"unknown event type {_show(tag)}; known types: {known}"
+        )
         raise EventError([(_join(where, "type"), reason)])
     try:
         event = _ADAPTER.validate_python(data)
@@ -686,8 +738,7 @@ def _loads(text: str) -> object:
 
 def _json_problem(exc: ValueError | RecursionError, line_offset: int = 0) -> str:
     if isinstance(exc, json.JSONDecodeError):
-        return (f"not valid JSON (line {exc.lineno + line_offset}, column {exc.colno}): "
-                f"{exc.msg}")
+        return f"not valid JSON (line {exc.lineno + line_offset}, column {exc.colno}): {exc.msg}"
     if isinstance(exc, RecursionError):
         return "not acceptable JSON: nested too deeply"
     return f"not acceptable JSON: {exc}"
@@ -718,8 +769,10 @@ def parse_events_text(text: str, *, source: str = "<input>") -> list[Command]:
             return [parse_event(data)]
     except EventError as exc:
         raise EventError(exc.problems, source=source) from None
-    raise EventError([(_JSON, "expected a JSON array of events, one event object or JSON "
-                              f"Lines, not {_kind(data)}")], source=source)
+    raise EventError(
+        [(_JSON, f"expected a JSON array of events, one event object or JSON Lines, not {_kind(data)}")],
+        source=source,
+    )
 
 
 def _parse_lines(text: str, source: str) -> list[Command]:
@@ -746,4 +799,3 @@ def _parse_lines(text: str, source: str) -> list[Command]:
     if problems:
         raise EventError(problems, source=source)
     return commands
-
