@@ -268,13 +268,16 @@ class Business:
             if due is not None:
                 candidates.append(due)
             now = min(max(min(candidates), now + self.resolution), self.end)
-            self.step(now)
+            self.step(now, engine_due=due)
             if progress:
                 progress((now - self.start).total_seconds() / total)
         return self.stats
 
-    def step(self, now: datetime) -> None:
-        """Everything due at ``now``: renewals, customers' actions, the engine's tick."""
+    def step(self, now: datetime, engine_due: datetime | None = None) -> None:
+        """Everything due at ``now``: renewals, customers' actions, the engine's tick.
+
+        ``engine_due`` is the store's earliest due time if the caller just read it.
+        """
         self._sync()
         commands: list[Command] = []
         while self.renewals and self.renewals[0][0] <= now:
@@ -289,8 +292,10 @@ class Business:
                 commands.append(command)
         if commands:
             self.engine.handle_many(commands)
-        due = self.engine.store.next_due_at()
-        if due is not None and due <= now:
+            engine_due = self.engine.store.next_due_at()
+        elif engine_due is None:
+            engine_due = self.engine.store.next_due_at()
+        if engine_due is not None and engine_due <= now:
             self.stats.engine.add(self.engine.tick(now))
             self.stats.ticks += 1
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -136,11 +137,22 @@ _SAVE_CASES = {
     for release in (False, True)
 }
 _NEXT_DUE = select(func.min(cases_t.c.next_action_at))
+_UNSET_OTHER_DEFAULTS = (
+    update(methods_t)
+    .where(
+        methods_t.c.customer_id.in_(bindparam("customers", expanding=True)),
+        methods_t.c.id.not_in(bindparam("ids", expanding=True)),
+        methods_t.c.is_default,
+    )
+    .values(is_default=False)
+)
 _invoices_t = InvoiceRow.__table__
 _SET_INVOICE_STATUS = (
     update(_invoices_t)
     .where(_invoices_t.c.id == bindparam("k_id"))
-    .values(status=bindparam("v_status"), paid_at=func.coalesce(bindparam("v_paid_at"), _invoices_t.c.paid_at))
+    .values(
+        status=bindparam("v_status"), paid_at=func.coalesce(bindparam("v_paid_at"), _invoices_t.c.paid_at)
+    )
 )
 _subscriptions_t = SubscriptionRow.__table__
 _SET_SUBSCRIPTION_STATUS = (
@@ -225,7 +237,9 @@ def _upsert(conn: Connection, table: Any, rows: list[dict[str, Any]], keys: Sequ
     conn.execute(stmt, rows)
 
 
+@lru_cache(maxsize=4096)
 def _decline(category: str | None, code: str | None, network: str | None, advice: str | None) -> Decline:
+    """Rebuild a stored decline (cached: the same few codes come back on every row)."""
     decline = classify(code or None, network_code=network, advice_code=advice)
     if category and decline.category.value != category:
         decline = replace(decline, category=DeclineCategory(category))
@@ -382,13 +396,8 @@ class SqlUnitOfWork:
         defaults = [m for m in methods if m.is_default]
         if defaults:
             self.conn.execute(
-                update(PaymentMethodRow)
-                .where(
-                    PaymentMethodRow.customer_id.in_({m.customer_id for m in defaults}),
-                    PaymentMethodRow.id.not_in({m.id for m in defaults}),
-                    PaymentMethodRow.is_default,
-                )
-                .values(is_default=False)
+                _UNSET_OTHER_DEFAULTS,
+                {"customers": list({m.customer_id for m in defaults}), "ids": [m.id for m in defaults]},
             )
         _upsert(
             self.conn,
