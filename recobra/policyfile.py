@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from recobra.domain.case import FinalAction
 from recobra.domain.errors import DomainError
@@ -48,7 +48,21 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Duration = Annotated[str, Field(description="a duration such as '3d', '12h', '1d6h', '30m'")]
+def _check_duration(text: str) -> str:
+    try:
+        parse_duration("duration", text)
+    except DomainError as exc:
+        raise ValueError(exc.reason) from None
+    return text
+
+
+# Checked in the same pass as every other field, so a file's problems are all
+# reported at once rather than one layer at a time.
+Duration = Annotated[
+    str,
+    AfterValidator(_check_duration),
+    Field(description="a duration such as '3d', '12h', '1d6h', '30m'"),
+]
 
 
 class StepModel(_Model):
@@ -149,7 +163,7 @@ def parse_policy(text: str, source: str = "<policy>") -> LoadedPolicy:
     try:
         model = FileModel.model_validate(data)
     except ValidationError as exc:
-        problems = [(_path(e["loc"]), e["msg"]) for e in exc.errors()]
+        problems = [(_path(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
         raise PolicyError(source, problems) from None
     problems: list[tuple[str, str]] = []
     policies: dict[str, RetryPolicy] = {}

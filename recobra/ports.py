@@ -34,6 +34,7 @@ __all__ = [
     "ChargeResult",
     "ChargeStatus",
     "Clock",
+    "ConcurrentUpdate",
     "GatewayError",
     "GatewayFactory",
     "HolidayCalendar",
@@ -157,6 +158,10 @@ class GatewayFactory(Protocol):
     def __call__(self, settings: Mapping[str, str]) -> PaymentGateway: ...
 
 
+class ConcurrentUpdate(Exception):
+    """A case changed in the store since it was loaded; the unit of work must be redone."""
+
+
 @dataclass(frozen=True, slots=True)
 class CaseBundle:
     """A claimed case with what the engine needs to act on it, loaded in one go."""
@@ -206,15 +211,27 @@ class UnitOfWork(Protocol):
 
     def load_bundles(self, case_ids: Sequence[str], now: datetime) -> list[CaseBundle]: ...
 
+    def lock_cases(self, case_ids: Sequence[str]) -> dict[str, int]:
+        """Lock the cases' rows for the rest of the unit of work; returns their versions."""
+        ...
+
+    def known_customers(self, customer_ids: Sequence[str]) -> set[str]: ...
+
     def add_cases(self, cases: Sequence[DunningCase]) -> None:
         """Insert new cases and their collected events."""
         ...
 
     def save_cases(self, cases: Sequence[DunningCase], *, release_claims: bool) -> None:
-        """Update cases, append their collected events, optionally release their claims."""
+        """Update cases, append their collected events, optionally release their claims.
+
+        Raises ``ConcurrentUpdate`` if any case's stored version is no longer the one
+        it was loaded with; on success each case's ``version`` is bumped."""
         ...
 
-    def add_attempts(self, attempts: Sequence[Attempt]) -> None: ...
+    def add_attempts(self, attempts: Sequence[Attempt]) -> None:
+        """Insert attempts. Billing attempts (reported by the billing system) already
+        recorded under the same key are skipped; any other duplicate key is an error."""
+        ...
 
     def finish_attempts(self, attempts: Sequence[Attempt]) -> None:
         """Write the outcome of attempts added earlier (matched by idempotency key)."""

@@ -127,7 +127,9 @@ class DunningCase:
 
     ``attempts`` is the explicit count of retries made (all triggers);
     ``budget_used`` counts those that spend the policy's attempt budget;
-    ``errors_in_row`` counts consecutive processing errors (for fast backoff).
+    ``errors_in_row`` counts consecutive processing errors (for fast backoff);
+    ``version`` is the stored row's version, for optimistic concurrency: a save of
+    a case that someone else changed since it was loaded is refused.
     """
 
     id: str
@@ -151,6 +153,7 @@ class DunningCase:
     next_action_reason: str = ""
     closed_at: datetime | None = None
     final_action: FinalAction | None = None
+    version: int = 0
     events: list[CaseEvent] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -61,6 +61,7 @@ from recobra.ports import (
     ChargeRequest,
     ChargeResult,
     ChargeStatus,
+    ConcurrentUpdate,
     GatewayError,
     PaymentGateway,
     Store,
@@ -70,6 +71,7 @@ from recobra.ports import (
 log = logging.getLogger("recobra.engine")
 
 FINAL_ACTION_RETRY = timedelta(hours=1)
+CONCURRENCY_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +160,26 @@ class Engine:
 
         Consecutive ``PaymentFailed`` events are written in bulk; the others one by
         one, in order. An event id seen before (or twice in the batch) is a duplicate.
+        If a worker changed one of the cases meanwhile, the whole batch is redone on
+        the fresh state (a few times at most).
         """
         for command in commands:
             require_aware("occurred_at", command.occurred_at)
+        for attempt in range(1, CONCURRENCY_RETRIES + 1):
+            try:
+                results, immediate, latest = self._handle_once(commands)
+                break
+            except ConcurrentUpdate:
+                if attempt == CONCURRENCY_RETRIES:
+                    raise
+                log.info("cases changed while handling events; redoing the batch")
+        if immediate and latest is not None:
+            self.process(immediate, latest)
+        return results
+
+    def _handle_once(
+        self, commands: Sequence[Command]
+    ) -> tuple[list[HandleResult], list[str], datetime | None]:
         results: list[HandleResult] = []
         immediate: list[str] = []
         latest: datetime | None = None
@@ -186,9 +205,7 @@ class Engine:
                     latest = max(latest or command.occurred_at, command.occurred_at)
             results.extend(self._payments_failed(uow, run))
             uow.commit()
-        if immediate and latest is not None:
-            self.process(immediate, latest)
-        return results
+        return results, immediate, latest
 
     def _apply(self, uow: UnitOfWork, command: Command) -> HandleResult:
         match command:
@@ -350,6 +367,10 @@ class Engine:
 
     def _payment_method_updated(self, uow: UnitOfWork, cmd: PaymentMethodUpdated) -> HandleResult:
         method = cmd.payment_method
+        if not uow.known_customers([method.customer_id]):
+            # Recobra learns of customers when their payment first fails; a card for
+            # anyone else concerns no case (and must not break the batch it came in).
+            return HandleResult(cmd.event_id, note="unknown customer: no case to act on")
         uow.upsert_payment_methods([method])
         if not method.is_default:
             return HandleResult(cmd.event_id, note="not the default method: no retry")
@@ -537,16 +558,31 @@ class Engine:
             item.result = self.gateway.charge(self._charge_request(item.bundle, item.attempt, now))
             report.attempts += 1
 
-        # Phase C: record outcomes and decide what comes next, one transaction.
+        # Final actions also go to the gateway outside any transaction (each has its
+        # own idempotency key, so repeating one after a crash is harmless).
+        done: list[tuple[CaseBundle, FinalAction, GatewayError | None]] = [
+            (bundle, *self._call_final_action(bundle.case, now)) for bundle in finals
+        ]
+
+        # Phase C: record outcomes and decide what comes next, one transaction. Events
+        # (a cancellation, a new card) may have changed a case while the gateway was
+        # answering: such cases are reloaded and the outcome applied to their new state.
         with self.store.unit_of_work() as uow:
+            loaded = {w.bundle.case.id: w.bundle for w in work} | {b.case.id: b for b in finals}
+            versions = uow.lock_cases(list(loaded))
+            changed = [cid for cid, b in loaded.items() if versions.get(cid) != b.case.version]
+            for bundle in uow.load_bundles(changed, now):
+                bundle.case.events.extend(loaded[bundle.case.id].case.collect_events())
+                loaded[bundle.case.id] = bundle
             finished: list[Attempt] = []
             for item in work:
                 assert item.result is not None, "phase B answers every attempt"
-                finished.append(self._apply_result(uow, item, item.result, now, report))
-            for bundle in finals:
-                self._final_action(uow, bundle, now, report)
+                bundle = loaded[item.bundle.case.id]
+                finished.append(self._apply_result(uow, bundle, item, item.result, now, report))
+            for stale, action, error in done:
+                self._record_final_action(uow, loaded[stale.case.id].case, action, error, now, report)
             uow.finish_attempts(finished)
-            uow.save_cases([w.bundle.case for w in work] + [b.case for b in finals], release_claims=True)
+            uow.save_cases([b.case for b in loaded.values()], release_claims=True)
             uow.commit()
         return report
 
@@ -592,9 +628,15 @@ class Engine:
         )
 
     def _apply_result(
-        self, uow: UnitOfWork, item: _Work, result: ChargeResult, now: datetime, report: TickReport
+        self,
+        uow: UnitOfWork,
+        bundle: CaseBundle,
+        item: _Work,
+        result: ChargeResult,
+        now: datetime,
+        report: TickReport,
     ) -> Attempt:
-        bundle, attempt = item.bundle, item.attempt
+        attempt = item.attempt
         case = bundle.case
         if item.resend:
             case.record(
@@ -603,6 +645,8 @@ class Engine:
                 f"attempt {attempt.number} left pending by a stopped worker: gateway says {result.status}",
                 key=attempt.idempotency_key,
             )
+        if not case.is_active:
+            return self._outcome_after_close(case, attempt, result, now)
         case.last_attempt_at = now
         if result.status is ChargeStatus.SUCCEEDED:
             case.errors_in_row = 0
@@ -652,10 +696,14 @@ class Engine:
                 "its status is checked before the next charge",
             )
             report.unknown += 1
-        case.last_decline = decline
         finished = replace(
             attempt, status=status, at=now, decline=decline, gateway_reference=result.gateway_reference
         )
+        if attempt.payment_method_id != case.payment_method_id:
+            # A new card arrived while this attempt was at the gateway: its immediate
+            # retry is already scheduled and this decline says nothing about it.
+            return finished
+        case.last_decline = decline
         policy = self._policy(case)
         history = (*bundle.card_history, PriorAttempt(now, decline))
         if case.status is CaseStatus.EXHAUSTED:
@@ -688,34 +736,63 @@ class Engine:
             NextAction.FINAL_ACTION, final_at, f"{policy.final_action} at the end of the grace period"
         )
 
-    def _final_action(self, uow: UnitOfWork, bundle: CaseBundle, now: datetime, report: TickReport) -> None:
-        case = bundle.case
-        policy = self._policy(case)
-        action = policy.final_action
+    def _call_final_action(self, case: DunningCase, now: datetime) -> tuple[FinalAction, GatewayError | None]:
+        action = self._policy(case).final_action
         key = f"recobra:{case.id}:final"
         try:
             if action is FinalAction.CANCEL and case.subscription_id:
                 self.gateway.cancel_subscription(case.subscription_id, at=now, idempotency_key=key)
-                uow.set_subscription_statuses([(case.subscription_id, SubscriptionStatus.CANCELED)])
             elif action is FinalAction.PAUSE and case.subscription_id:
                 self.gateway.pause_subscription(case.subscription_id, at=now, idempotency_key=key)
-                uow.set_subscription_statuses([(case.subscription_id, SubscriptionStatus.PAUSED)])
             else:
                 self.gateway.mark_unpaid(case.invoice_id, at=now, idempotency_key=key)
-                if case.subscription_id:
-                    uow.set_subscription_statuses([(case.subscription_id, SubscriptionStatus.UNPAID)])
         except GatewayError as exc:
+            return action, exc
+        return action, None
+
+    def _record_final_action(
+        self,
+        uow: UnitOfWork,
+        case: DunningCase,
+        action: FinalAction,
+        error: GatewayError | None,
+        now: datetime,
+        report: TickReport,
+    ) -> None:
+        if error is not None:
+            report.final_action_failures += 1
+            if not case.is_active:
+                return
             retry_at = now + FINAL_ACTION_RETRY
             case.record(
                 now,
                 EventKind.FINAL_ACTION_FAILED,
-                f"{action} failed at the gateway ({exc}); trying again at {retry_at:%Y-%m-%d %H:%M} UTC",
-                code=exc.code,
-                transient=exc.transient,
+                f"{action} failed at the gateway ({error}); trying again at {retry_at:%Y-%m-%d %H:%M} UTC",
+                code=error.code,
+                transient=error.transient,
             )
             case.schedule(NextAction.FINAL_ACTION, retry_at, f"{action} (again after a gateway error)")
-            report.final_action_failures += 1
             return
+        if not case.is_active:
+            # Closed (paid, canceled ...) while the gateway was acting: keep the record.
+            case.record(
+                now,
+                EventKind.FINAL_ACTION_FAILED,
+                f"{action} went through at the gateway after the case was closed as {case.status}; "
+                "check the subscription",
+                action=str(action),
+            )
+            return
+        if case.status is CaseStatus.OPEN:
+            # Reopened by a new card meanwhile; the subscription has already been acted on.
+            case.transition_to(CaseStatus.EXHAUSTED, at=now, reason=f"{action} went through at the gateway")
+        if case.subscription_id:
+            status = {
+                FinalAction.CANCEL: SubscriptionStatus.CANCELED,
+                FinalAction.PAUSE: SubscriptionStatus.PAUSED,
+                FinalAction.MARK_UNPAID: SubscriptionStatus.UNPAID,
+            }[action]
+            uow.set_subscription_statuses([(case.subscription_id, status)])
         case.final_action = action
         uow.set_invoice_status(case.invoice_id, InvoiceStatus.UNCOLLECTIBLE, now)
         case.transition_to(
@@ -724,6 +801,41 @@ class Engine:
             reason=f"final action {action} done through {self.gateway.name}",
         )
         report.final_actions += 1
+
+    @staticmethod
+    def _outcome_after_close(
+        case: DunningCase, attempt: Attempt, result: ChargeResult, now: datetime
+    ) -> Attempt:
+        """The case was closed (canceled, paid another way ...) while the charge was out."""
+        if result.status is ChargeStatus.SUCCEEDED:
+            case.record(
+                now,
+                EventKind.ATTEMPT_SUCCEEDED,
+                f"attempt {attempt.number} succeeded after the case was closed as {case.status}: "
+                "the customer may be owed a refund",
+                reference=result.gateway_reference,
+                needs_review=True,
+            )
+            log.warning("charge succeeded on a closed case", extra={"case_id": case.id})
+            return replace(
+                attempt, status=AttemptStatus.SUCCEEDED, at=now, gateway_reference=result.gateway_reference
+            )
+        decline = (
+            classify(result.decline_code, network_code=result.network_code, advice_code=result.advice_code)
+            if result.status is ChargeStatus.DECLINED
+            else classify(None)
+        )
+        case.record(
+            now,
+            EventKind.ATTEMPT_FAILED,
+            f"attempt {attempt.number} declined after the case was closed as {case.status}: "
+            f"{_words(decline)}",
+            code=decline.code,
+        )
+        status = AttemptStatus.FAILED if result.status is ChargeStatus.DECLINED else AttemptStatus.UNKNOWN
+        return replace(
+            attempt, status=status, at=now, decline=decline, gateway_reference=result.gateway_reference
+        )
 
 
 def _words(decline: Decline) -> str:

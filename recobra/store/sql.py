@@ -45,7 +45,7 @@ from recobra.domain.model import (
 )
 from recobra.domain.money import Money
 from recobra.domain.network import PriorAttempt
-from recobra.ports import CaseBundle
+from recobra.ports import CaseBundle, ConcurrentUpdate
 from recobra.store.tables import (
     AttemptRow,
     CaseEventRow,
@@ -129,14 +129,24 @@ _CASE_COLUMNS = (
 )
 _SAVE_CASES = {
     release: update(cases_t)
-    .where(cases_t.c.id == bindparam("k_id"))
+    .where(cases_t.c.id == bindparam("k_id"), cases_t.c.version == bindparam("k_version"))
     .values(
+        version=cases_t.c.version + 1,
         **{c: bindparam(f"v_{c}") for c in _CASE_COLUMNS},
         **({"claimed_by": None, "claim_expires_at": None} if release else {}),
     )
     for release in (False, True)
 }
 _NEXT_DUE = select(func.min(cases_t.c.next_action_at))
+_LOCK_CASES = {
+    pg: (
+        select(cases_t.c.id, cases_t.c.version).where(cases_t.c.id.in_(_ids)).with_for_update()
+        if pg
+        else select(cases_t.c.id, cases_t.c.version).where(cases_t.c.id.in_(_ids))
+    )
+    for pg in (False, True)
+}
+_KNOWN_CUSTOMERS = select(customers_t.c.id).where(customers_t.c.id.in_(_ids))
 _UNSET_OTHER_DEFAULTS = (
     update(methods_t)
     .where(
@@ -218,20 +228,27 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     return create_engine(url, echo=echo, pool_pre_ping=True)
 
 
-def _upsert(conn: Connection, table: Any, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE, in one executemany. Statements are built once
-    per (dialect, table, columns): building them costs more than running them."""
+def _upsert(
+    conn: Connection,
+    table: Any,
+    rows: list[dict[str, Any]],
+    keys: Sequence[str],
+    keep: Sequence[str] = (),
+) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE, in one executemany; columns in ``keep`` are
+    written on insert only. Statements are built once per (dialect, table, columns):
+    building them costs more than running them."""
     if not rows:
         return
     dialect = conn.dialect.name
     cols = tuple(rows[0])
-    cache_key = ("upsert", dialect, table.name, cols, tuple(keys))
+    cache_key = ("upsert", dialect, table.name, cols, tuple(keys), tuple(keep))
     stmt = _STATEMENTS.get(cache_key)
     if stmt is None:
         ins: Any = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
         stmt = ins.on_conflict_do_update(
             index_elements=list(keys),
-            set_={c: getattr(ins.excluded, c) for c in cols if c not in keys},
+            set_={c: getattr(ins.excluded, c) for c in cols if c not in keys and c not in keep},
         )
         _STATEMENTS[cache_key] = stmt
     conn.execute(stmt, rows)
@@ -269,6 +286,7 @@ def _case_from_row(r: Row[Any]) -> DunningCase:
         next_action_reason=r.next_action_reason,
         closed_at=r.closed_at,
         final_action=FinalAction(r.final_action) if r.final_action else None,
+        version=r.version,
     )
 
 
@@ -450,6 +468,9 @@ class SqlUnitOfWork:
                 for s in subscriptions
             ],
             ["id"],
+            # Once known, a subscription's status moves with its cases (past due,
+            # canceled by the final action ...): a late event must not turn it back.
+            keep=["status"],
         )
 
     def upsert_invoices(self, invoices: Sequence[Invoice]) -> None:
@@ -470,6 +491,8 @@ class SqlUnitOfWork:
                 for i in invoices
             ],
             ["id"],
+            # A late failure report must not reopen an invoice that was paid since.
+            keep=["status", "paid_at"],
         )
 
     def set_invoice_status(self, invoice_id: str, status: InvoiceStatus, at: datetime) -> None:
@@ -578,6 +601,7 @@ class SqlUnitOfWork:
                 policy_name=case.policy_name,
                 policy_version=case.policy_version,
                 segment=case.segment,
+                version=case.version,
             )
             rows.append(values)
             events.extend(_event_values(case.collect_events()))
@@ -593,15 +617,45 @@ class SqlUnitOfWork:
         for case in cases:
             values = {f"v_{k}": v for k, v in _case_values(case).items()}
             values["k_id"] = case.id
+            values["k_version"] = case.version
             rows.append(values)
             events.extend(_event_values(case.collect_events()))
-        self.conn.execute(_SAVE_CASES[release_claims], rows)
+        result = self.conn.execute(_SAVE_CASES[release_claims], rows)
+        if result.rowcount != len(rows):
+            raise ConcurrentUpdate(
+                f"{len(rows) - result.rowcount} of {len(rows)} case(s) changed since they were loaded"
+            )
+        for case in cases:
+            case.version += 1
         if events:
             self.conn.execute(_INSERT_EVENTS, events)
 
+    def lock_cases(self, case_ids: Sequence[str]) -> dict[str, int]:
+        if not case_ids:
+            return {}
+        stmt = _LOCK_CASES[self.conn.dialect.name == "postgresql"]
+        return {r.id: r.version for r in self.conn.execute(stmt, {"ids": list(case_ids)})}
+
+    def known_customers(self, customer_ids: Sequence[str]) -> set[str]:
+        if not customer_ids:
+            return set()
+        return set(self.conn.scalars(_KNOWN_CUSTOMERS, {"ids": list(set(customer_ids))}))
+
     def add_attempts(self, attempts: Sequence[Attempt]) -> None:
-        if attempts:
-            self.conn.execute(_INSERT_ATTEMPTS, [_attempt_values(a) for a in attempts])
+        billing = [_attempt_values(a) for a in attempts if a.trigger is AttemptTrigger.BILLING]
+        own = [_attempt_values(a) for a in attempts if a.trigger is not AttemptTrigger.BILLING]
+        if own:
+            self.conn.execute(_INSERT_ATTEMPTS, own)
+        if billing:
+            # The billing system may report the same failed charge twice (two events,
+            # one charge): record it once.
+            dialect = self.conn.dialect.name
+            ins: Any = postgresql.insert(attempts_t) if dialect == "postgresql" else sqlite.insert(attempts_t)
+            key = ("billing-attempts", dialect)
+            stmt = _STATEMENTS.get(key)
+            if stmt is None:
+                stmt = _STATEMENTS[key] = ins.on_conflict_do_nothing(index_elements=["idempotency_key"])
+            self.conn.execute(stmt, billing)
 
     def finish_attempts(self, attempts: Sequence[Attempt]) -> None:
         if not attempts:

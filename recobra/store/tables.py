@@ -130,6 +130,8 @@ class CaseRow(Base):
     final_action: Mapped[str | None] = mapped_column(String(16))
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     claim_expires_at: Mapped[datetime | None]
+    # Bumped by every save; a save names the version it loaded (optimistic locking).
+    version: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class AttemptRow(Base):

@@ -116,6 +116,7 @@ def upgrade() -> None:
     sa.Column('final_action', sa.String(length=16), nullable=True),
     sa.Column('claimed_by', sa.String(length=64), nullable=True),
     sa.Column('claim_expires_at', recobra.store.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('version', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_cases_customer_id_customers')),
     sa.ForeignKeyConstraint(['invoice_id'], ['invoices.id'], name=op.f('fk_cases_invoice_id_invoices')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_cases')),
