@@ -205,9 +205,11 @@ class UnitOfWork(Protocol):
 
     def cases_for_invoices(self, invoice_ids: Sequence[str]) -> dict[str, DunningCase]: ...
 
-    def active_case_ids(
+    def active_cases(
         self, *, customer_id: str | None = None, subscription_id: str | None = None
-    ) -> list[str]: ...
+    ) -> list[DunningCase]:
+        """Open and exhausted cases of a customer or a subscription, oldest first."""
+        ...
 
     def load_bundles(self, case_ids: Sequence[str], now: datetime) -> list[CaseBundle]: ...
 

@@ -374,8 +374,7 @@ class Engine:
         uow.upsert_payment_methods([method])
         if not method.is_default:
             return HandleResult(cmd.event_id, note="not the default method: no retry")
-        ids = uow.active_case_ids(customer_id=method.customer_id)
-        cases = [b.case for b in uow.load_bundles(ids, cmd.occurred_at)]
+        cases = uow.active_cases(customer_id=method.customer_id)
         for case in cases:
             case.payment_method_id = method.id
             case.record(
@@ -391,8 +390,7 @@ class Engine:
 
     def _subscription_canceled(self, uow: UnitOfWork, cmd: SubscriptionCanceled) -> HandleResult:
         uow.set_subscription_statuses([(cmd.subscription_id, SubscriptionStatus.CANCELED)])
-        ids = uow.active_case_ids(subscription_id=cmd.subscription_id)
-        cases = [b.case for b in uow.load_bundles(ids, cmd.occurred_at)]
+        cases = uow.active_cases(subscription_id=cmd.subscription_id)
         why = f": {cmd.reason}" if cmd.reason else ""
         for case in cases:
             case.transition_to(

@@ -146,6 +146,12 @@ _LOCK_CASES = {
     )
     for pg in (False, True)
 }
+_ACTIVE_CASES_OF = {
+    who: select(cases_t)
+    .where(cases_t.c.status.in_(ACTIVE), getattr(cases_t.c, f"{who}_id") == bindparam("key"))
+    .order_by(cases_t.c.opened_at)
+    for who in ("customer", "subscription")
+}
 _KNOWN_CUSTOMERS = select(customers_t.c.id).where(customers_t.c.id.in_(_ids))
 _UNSET_OTHER_DEFAULTS = (
     update(methods_t)
@@ -513,15 +519,12 @@ class SqlUnitOfWork:
         rows = self.conn.execute(_CASES_BY_INVOICE, {"ids": list(set(invoice_ids))})
         return {r.invoice_id: _case_from_row(r) for r in rows}
 
-    def active_case_ids(
+    def active_cases(
         self, *, customer_id: str | None = None, subscription_id: str | None = None
-    ) -> list[str]:
-        stmt = select(cases_t.c.id).where(cases_t.c.status.in_(ACTIVE))
-        if customer_id is not None:
-            stmt = stmt.where(cases_t.c.customer_id == customer_id)
-        if subscription_id is not None:
-            stmt = stmt.where(cases_t.c.subscription_id == subscription_id)
-        return list(self.conn.scalars(stmt.order_by(cases_t.c.opened_at)))
+    ) -> list[DunningCase]:
+        stmt = _ACTIVE_CASES_OF[("customer", "subscription")[subscription_id is not None]]
+        key = subscription_id if subscription_id is not None else customer_id
+        return [_case_from_row(r) for r in self.conn.execute(stmt, {"key": key})]
 
     def load_bundles(self, case_ids: Sequence[str], now: datetime) -> list[CaseBundle]:
         if not case_ids:
