@@ -14,7 +14,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 from recobra.domain.case import FinalAction
 from recobra.domain.errors import DomainError
@@ -71,21 +80,24 @@ class StepModel(_Model):
 
 
 class TimingModel(_Model):
-    start_hour: int = 9
-    end_hour: int = 20
-    weekdays_only: bool = False
-    paydays: list[int | Literal["last_business_day"]] = [1, 15, "last_business_day"]
-    payday_hour: int = 10
+    # Strict scalars: `true` is not 1 and "4" is not 4 in a policy file.
+    start_hour: StrictInt = 9
+    end_hour: StrictInt = 20
+    weekdays_only: StrictBool = False
+    paydays: list[StrictInt | Literal["last_business_day"]] = Field(
+        default=[1, 15, "last_business_day"], min_length=1
+    )
+    payday_hour: StrictInt = 10
     payday_flex: Duration = "5d"
-    jitter_minutes: int = 30
+    jitter_minutes: StrictInt = 30
 
 
 class PolicyModel(_Model):
     strategy: Strategy
     steps: list[StepModel]
-    max_attempts: int
-    max_days: int
-    grace_days: int = 7
+    max_attempts: StrictInt
+    max_days: StrictInt
+    grace_days: StrictInt = 7
     final_action: FinalAction
     min_interval: Duration = "1h"
     processing_backoff: list[Duration] = ["15m", "1h", "4h"]
@@ -98,10 +110,10 @@ class MatchModel(_Model):
     currencies: list[str] = []
     countries: list[str] = []
     funding: list[Funding] = []
-    amount_min: int | None = Field(default=None, ge=0)
-    amount_max: int | None = Field(default=None, ge=0)
-    tenure_days_min: int | None = Field(default=None, ge=0)
-    tenure_days_max: int | None = Field(default=None, ge=0)
+    amount_min: StrictInt | None = Field(default=None, ge=0)
+    amount_max: StrictInt | None = Field(default=None, ge=0)
+    tenure_days_min: StrictInt | None = Field(default=None, ge=0)
+    tenure_days_max: StrictInt | None = Field(default=None, ge=0)
 
     @field_validator("currencies")
     @classmethod
@@ -125,23 +137,27 @@ class SegmentModel(_Model):
 
 class FileModel(_Model):
     name: str = Field(min_length=1)
-    version: int = Field(ge=1)
+    version: StrictInt = Field(ge=1)
     default_policy: str
     segments: list[SegmentModel] = []
     policies: dict[str, PolicyModel] = Field(min_length=1)
 
 
+_UNION_BRANCHES = {"int", "str", "literal['last_business_day']"}
+
+
 def _path(loc: tuple[int | str, ...]) -> str:
+    parts = list(loc)
+    # pydantic names the union branch it tried after a list item ("paydays.1.int"):
+    # noise for a reader. Only there: a policy may well be called "int".
+    if len(parts) >= 2 and isinstance(parts[-2], int) and parts[-1] in _UNION_BRANCHES:
+        parts.pop()
     out = ""
-    for part in loc:
+    for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif not out:
-            out = str(part)
-        elif part in {"int", "str", "literal['last_business_day']"}:
-            continue  # pydantic's union branch names add nothing for a reader
         else:
-            out += f".{part}"
+            out += f".{part}" if out else str(part)
     return out or "(file)"
 
 

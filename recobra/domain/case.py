@@ -9,7 +9,7 @@ engine to store in the same transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -157,7 +157,9 @@ class DunningCase:
     events: list[CaseEvent] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        require_aware("case.opened_at", self.opened_at)
+        # Kept in UTC so that day arithmetic (windows, grace) is on instants.
+        self.opened_at = require_aware("case.opened_at", self.opened_at).astimezone(UTC)
+        self.last_attempt_at = require_aware("case.last_attempt_at", self.last_attempt_at).astimezone(UTC)
 
     @property
     def is_active(self) -> bool:

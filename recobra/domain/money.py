@@ -7,7 +7,7 @@ currencies such as JPY and CLP have exponent 0; a few (BHD, KWD, ...) have 3.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 
 from recobra.domain.errors import DomainError
 
@@ -57,7 +57,11 @@ def normalise_currency(code: object) -> str:
     return upper
 
 
-@dataclass(frozen=True, slots=True, order=True)
+# Scaling by a power of ten must never round, whatever the amount's size.
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
+@dataclass(frozen=True, slots=True)
 class Money:
     """An amount in integer minor units (cents, yen ...) of one currency.
 
@@ -88,7 +92,7 @@ class Money:
 
     def to_decimal(self) -> Decimal:
         """Major units as an exact Decimal (for display and gateway edges only)."""
-        return Decimal(self.amount_minor).scaleb(-self.exponent)
+        return Decimal(self.amount_minor).scaleb(-self.exponent, context=_EXACT)
 
     def __add__(self, other: Money) -> Money:
         self._same(other)
@@ -111,9 +115,11 @@ def parse_major(text: str, currency: str) -> Money:
     exponent = currency_exponent(normalise_currency(currency))
     try:
         value = Decimal(text)
-    except ArithmeticError:
+    except (ArithmeticError, InvalidOperation, TypeError):
         raise DomainError("amount", f"not a number: {text!r}") from None
-    scaled = value.scaleb(exponent)
+    if not value.is_finite():
+        raise DomainError("amount", f"must be a finite number, got {text!r}")
+    scaled = value.scaleb(exponent, context=_EXACT)
     if scaled != scaled.to_integral_value():
         raise DomainError("amount", f"{text} has more decimals than {currency} allows ({exponent})")
     return Money.of(int(scaled), currency)

@@ -74,6 +74,10 @@ class Timing:
             raise DomainError("timing.hours", "need 0 <= start_hour < end_hour <= 24")
         if not self.start_hour <= self.payday_hour < self.end_hour:
             raise DomainError("timing.payday_hour", "must fall inside start_hour..end_hour")
+        if not self.paydays:
+            raise DomainError(
+                "timing.paydays", "needs at least one payday (a day of the month or 'last_business_day')"
+            )
         for day in self.paydays:
             if isinstance(day, int) and not 1 <= day <= 31:
                 raise DomainError("timing.paydays", f"day of month must be 1-31, got {day}")

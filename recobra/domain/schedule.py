@@ -9,7 +9,7 @@ from __future__ import annotations
 import calendar as _calendar
 import hashlib
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -122,20 +122,22 @@ def _jitter(case_id: str, attempt: int, minutes: int) -> timedelta:
 def fit_local_hours(
     at: datetime, zone: ZoneInfo, timing: Timing, country: str, holidays: HolidayCalendar
 ) -> datetime:
-    """The first moment at or after ``at`` inside the customer's local retry hours."""
-    local = at.astimezone(zone)
+    """The first instant at or after ``at`` inside the customer's local retry hours (UTC).
+
+    Computed on instants, not wall clocks: a daylight-saving jump can shorten a
+    day's window or remove it altogether, and then the next day's window is used.
+    """
+    instant = at.astimezone(UTC)
+    day = instant.astimezone(zone).date()
     for _ in range(15):
-        day = local.date()
-        allowed_day = not timing.weekdays_only or is_business_day(day, country, holidays)
-        start = datetime.combine(day, time(timing.start_hour), zone)
-        end = (
-            datetime.combine(day, time(timing.end_hour), zone)
-            if timing.end_hour < 24
-            else datetime.combine(day + timedelta(days=1), time(0), zone)
-        )
-        if allowed_day and local < end:
-            return max(local, start).astimezone(at.tzinfo)
-        local = datetime.combine(day + timedelta(days=1), time(0), zone)
+        if not timing.weekdays_only or is_business_day(day, country, holidays):
+            start = datetime.combine(day, time(timing.start_hour), zone).astimezone(UTC)
+            candidate = max(instant, start)
+            local = candidate.astimezone(zone)
+            if local.date() == day and timing.start_hour <= local.hour < timing.end_hour:
+                return candidate
+        day += timedelta(days=1)
+        instant = max(instant, datetime.combine(day, time(0), zone).astimezone(UTC))
     raise AssertionError("a retry hour always exists within two weeks")  # pragma: no cover
 
 
@@ -152,12 +154,17 @@ def plan_retry(policy: RetryPolicy, ctx: RetryContext, holidays: HolidayCalendar
     are never retried.
     """
     require_aware("last_attempt_at", ctx.last_attempt_at)
+    require_aware("opened_at", ctx.opened_at)
+    # All arithmetic on UTC instants: adding hours to a local wall clock goes wrong
+    # across daylight-saving changes.
+    opened = ctx.opened_at.astimezone(UTC)
+    last = ctx.last_attempt_at.astimezone(UTC)
     category = ctx.decline.category
     if not category.retryable:
         return RetryPlan(None, _WHY_NOT.get(category, f"{category}: not retryable"))
     if ctx.budget_used >= policy.max_attempts:
         return RetryPlan(None, f"attempt budget spent ({ctx.budget_used} of {policy.max_attempts})")
-    window_end = ctx.opened_at + policy.window
+    window_end = opened + policy.window
     zone = ZoneInfo(ctx.timezone)
     aware = policy.strategy is not Strategy.FIXED
     words = _CATEGORY_WORDS.get(category, str(category))
@@ -165,16 +172,16 @@ def plan_retry(policy: RetryPolicy, ctx: RetryContext, holidays: HolidayCalendar
     if aware and category is DeclineCategory.PROCESSING_ERROR:
         backoff = policy.processing_backoff
         delay = backoff[min(max(ctx.consecutive_processing_errors - 1, 0), len(backoff) - 1)]
-        at = ctx.last_attempt_at + delay
+        at = last + delay
         why = f"{words}, fast backoff ({_fmt(delay)} after the last attempt)"
     else:
         if ctx.budget_used >= len(policy.steps):
             return RetryPlan(None, f"no retry step left in the timeline ({len(policy.steps)} steps)")
         offset = policy.steps[ctx.budget_used]
-        at = ctx.opened_at + offset
+        at = opened + offset
         why = f"{words}, step {ctx.budget_used + 1} of {len(policy.steps)} (day {_fmt(offset)})"
 
-    earliest = ctx.last_attempt_at + policy.min_interval
+    earliest = last + policy.min_interval
     at = max(at, earliest)
 
     if policy.strategy is Strategy.TIMING_AWARE:
@@ -182,7 +189,7 @@ def plan_retry(policy: RetryPolicy, ctx: RetryContext, holidays: HolidayCalendar
         if category is DeclineCategory.INSUFFICIENT_FUNDS:
             local_day = at.astimezone(zone).date()
             payday = next_payday(local_day, timing.paydays, ctx.country, holidays)
-            payday_at = datetime.combine(payday, time(timing.payday_hour), zone)
+            payday_at = datetime.combine(payday, time(timing.payday_hour), zone).astimezone(UTC)
             if payday_at - at <= timing.payday_flex:
                 at = max(at, payday_at)
                 why = f"{words}, next payday ({payday.isoformat()}, when money is likely to arrive)"

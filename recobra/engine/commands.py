@@ -8,13 +8,28 @@ event it came from, so a duplicate delivery is ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from recobra.domain.model import Customer, Invoice, PaymentMethod, Subscription
+from recobra.domain.model import Customer, Invoice, PaymentMethod, Subscription, require_aware
+
+
+class _Event:
+    """Common checks: an event id, and an aware time kept in UTC (day arithmetic on
+    local wall clocks goes wrong across daylight-saving changes)."""
+
+    event_id: str
+    occurred_at: datetime
+
+    def __post_init__(self) -> None:
+        if not self.event_id:
+            raise ValueError("event_id: must not be empty")
+        object.__setattr__(
+            self, "occurred_at", require_aware("occurred_at", self.occurred_at).astimezone(UTC)
+        )
 
 
 @dataclass(frozen=True, slots=True)
-class PaymentFailed:
+class PaymentFailed(_Event):
     """The billing system's charge of an invoice failed: opens a dunning case."""
 
     event_id: str
@@ -30,7 +45,7 @@ class PaymentFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class PaymentSucceeded:
+class PaymentSucceeded(_Event):
     """The invoice was collected by the gateway (our retry or any other charge)."""
 
     event_id: str
@@ -40,7 +55,7 @@ class PaymentSucceeded:
 
 
 @dataclass(frozen=True, slots=True)
-class PaymentMethodUpdated:
+class PaymentMethodUpdated(_Event):
     """A payment method was added or updated (customer, card updater, operator)."""
 
     event_id: str
@@ -49,7 +64,7 @@ class PaymentMethodUpdated:
 
 
 @dataclass(frozen=True, slots=True)
-class SubscriptionCanceled:
+class SubscriptionCanceled(_Event):
     """The customer canceled: every active case of the subscription stops."""
 
     event_id: str
@@ -59,7 +74,7 @@ class SubscriptionCanceled:
 
 
 @dataclass(frozen=True, slots=True)
-class InvoicePaidOutOfBand:
+class InvoicePaidOutOfBand(_Event):
     """The invoice was settled outside the gateway (bank transfer, cash, credit note)."""
 
     event_id: str

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from recobra.domain.case import (
@@ -163,8 +163,6 @@ class Engine:
         If a worker changed one of the cases meanwhile, the whole batch is redone on
         the fresh state (a few times at most).
         """
-        for command in commands:
-            require_aware("occurred_at", command.occurred_at)
         for attempt in range(1, CONCURRENCY_RETRIES + 1):
             try:
                 results, immediate, latest = self._handle_once(commands)
@@ -484,7 +482,7 @@ class Engine:
 
     def tick(self, now: datetime) -> TickReport:
         """Claim due cases in batches and act on them until none is due at ``now``."""
-        require_aware("now", now)
+        now = require_aware("now", now).astimezone(UTC)
         report = TickReport()
         while True:
             with self.store.unit_of_work() as uow:
@@ -501,7 +499,7 @@ class Engine:
     def process(self, case_ids: Sequence[str], now: datetime) -> TickReport:
         """Act now on the given active cases (an immediate retry), claiming them first;
         cases another worker holds are left to it."""
-        require_aware("now", now)
+        now = require_aware("now", now).astimezone(UTC)
         with self.store.unit_of_work() as uow:
             ids = uow.claim_due(
                 now, limit=len(case_ids), worker_id=self.worker_id, lease=self.lease, case_ids=case_ids
