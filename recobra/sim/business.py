@@ -244,7 +244,12 @@ class Business:
         return _add_months(sub.anchor, months)
 
     def _first_period(self, sub: _Sub) -> int:
-        period = 1
+        """The first renewal period due at or after the simulation's start."""
+        step = 12 if sub.plan.interval is Interval.YEAR else 1
+        months = (self.start.year - sub.anchor.year) * 12 + self.start.month - sub.anchor.month
+        period = max(1, months // step)
+        while period > 1 and self._due_for(sub, period - 1) >= self.start:
+            period -= 1
         while self._due_for(sub, period) < self.start:
             period += 1
         return period
