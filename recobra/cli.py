@@ -523,6 +523,28 @@ def cases_show(case_id: str, config: ConfigOpt = None, database_url: DbOpt = Non
         console.print(t)
 
 
+@cases_app.command("write-off")
+def cases_write_off(
+    case_id: str,
+    reason: Annotated[str, typer.Option(help="Why (kept on the case's timeline)")],
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    operator: Annotated[str, typer.Option(help="Who is writing it off")] = "",
+) -> None:
+    """Give up on a case: no more retries, no final action, invoice uncollectible."""
+    from recobra.domain.errors import IllegalTransition  # noqa: PLC0415
+
+    settings = _settings(config, database_url=database_url)
+    engine = _engine(settings)
+    try:
+        case = engine.write_off(case_id, datetime.now(UTC), reason=reason, operator=operator)
+    except LookupError as exc:
+        raise fail(str(exc.args[0]), 1) from None
+    except (IllegalTransition, ValueError) as exc:
+        raise fail(str(exc), 1) from None
+    console.print(f"{case.id} written off")
+
+
 def _store(settings: Settings) -> Any:
     try:
         return open_store(settings.database_url)

@@ -398,6 +398,31 @@ class Engine:
         uow.save_cases(cases, release_claims=True)
         return HandleResult(cmd.event_id, case_ids=tuple(c.id for c in cases))
 
+    def write_off(self, case_id: str, now: datetime, *, reason: str, operator: str = "") -> DunningCase:
+        """An operator gives up on a case: no more retries or final action; the invoice
+        is marked uncollectible. Raises ``LookupError`` for an unknown case and
+        ``IllegalTransition`` for a closed one."""
+        now = require_aware("now", now).astimezone(UTC)
+        if not reason.strip():
+            raise ValueError("reason: say why the case is written off")
+        for attempt in range(1, CONCURRENCY_RETRIES + 1):
+            try:
+                with self.store.unit_of_work() as uow:
+                    cases = uow.load_bundles([case_id], now)
+                    if not cases:
+                        raise LookupError(f"no case {case_id!r}")
+                    case = cases[0].case
+                    who = f" by {operator}" if operator else ""
+                    case.transition_to(CaseStatus.WRITTEN_OFF, at=now, reason=f"written off{who}: {reason}")
+                    uow.set_invoice_status(case.invoice_id, InvoiceStatus.UNCOLLECTIBLE, now)
+                    uow.save_cases([case], release_claims=True)
+                    uow.commit()
+                    return case
+            except ConcurrentUpdate:
+                if attempt == CONCURRENCY_RETRIES:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # ------------------------------------------------------------------ decisions
 
     def _policy(self, case: DunningCase) -> RetryPolicy:

@@ -205,3 +205,21 @@ def test_worker_stops_cleanly_on_sigterm(db: str) -> None:
     assert code == 0
     assert "SIGTERM" in rest
     assert "worker stopped" in rest
+
+
+def test_an_operator_writes_off_a_case_once(db: str, tmp_path: Path) -> None:
+    path = tmp_path / "events.json"
+    path.write_text(json.dumps(GOOD_EVENT))
+    assert run("events", "ingest", str(path), "--database-url", db).returncode == 0
+    done = run("cases", "write-off", "case_in_1", "--reason", "customer in bankruptcy",
+               "--operator", "ana", "--database-url", db)
+    assert done.returncode == 0, done.stderr
+    shown = run("cases", "show", "case_in_1", "--database-url", db)
+    assert "written_off" in shown.stdout
+    assert "customer in bankruptcy" in shown.stdout
+    again = run("cases", "write-off", "case_in_1", "--reason", "twice", "--database-url", db)
+    assert again.returncode == 1
+    assert "cannot go from written_off" in again.stderr
+    unknown = run("cases", "write-off", "case_nope", "--reason", "x", "--database-url", db)
+    assert unknown.returncode == 1
+    assert "no case" in unknown.stderr

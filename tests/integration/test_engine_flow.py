@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from conftest import T0, Commands, Db
 
+from recobra.domain.errors import IllegalTransition
 from recobra.engine.service import Engine
 from recobra.gateways.simulated import ActionKind, SimulatedGateway, SubscriptionAction
 from recobra.ports import ChargeStatus, GatewayError
@@ -509,3 +511,24 @@ def test_times_in_any_zone_are_the_same_instants(engine: Engine, commands: Comma
     assert case["opened_at"] == T0
     assert case["next_action_at"] == T0 + 3 * DAY
     assert db.attempts(CASE)[-1]["at"] == T0 + DAY
+
+
+def test_an_operator_write_off_stops_retries_and_the_final_action(
+    engine: Engine, gateway: SimulatedGateway, commands: Commands, db: Db
+):
+    engine.handle(commands.payment_failed("1"))
+    at = T0 + timedelta(hours=5)
+
+    engine.write_off(CASE, at, reason="customer in bankruptcy", operator="ana")
+
+    case = db.check_case(CASE)
+    assert (case["status"], case["closed_at"], case["next_action_at"]) == ("written_off", at, None)
+    assert "written off by ana: customer in bankruptcy" in db.events(CASE)[-1]["reason"]
+    assert db.invoice("in_1")["status"] == "uncollectible"
+    assert engine.tick(FINAL_AT + DAY).claimed == 0
+    assert gateway.charges() == []  # never charged by Recobra
+    assert gateway.subscription_actions() == []
+    with pytest.raises(IllegalTransition):
+        engine.write_off(CASE, at, reason="again")
+    with pytest.raises(LookupError):
+        engine.write_off("case_nope", at, reason="x")
