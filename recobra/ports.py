@@ -24,25 +24,29 @@ from recobra.domain.model import (
     Subscription,
     SubscriptionStatus,
 )
+from recobra.domain.money import Money
 from recobra.domain.network import PriorAttempt
 from recobra.domain.schedule import HolidayCalendar
 
 __all__ = [
     "CardRef",
     "CaseBundle",
+    "Channel",
     "ChargeRequest",
     "ChargeResult",
     "ChargeStatus",
     "Clock",
     "ConcurrentUpdate",
+    "DeliveryResult",
+    "DeliveryStatus",
     "GatewayError",
     "GatewayFactory",
     "HolidayCalendar",
+    "OutgoingMessage",
     "PaymentGateway",
     "Store",
     "UnitOfWork",
 ]
-from recobra.domain.money import Money
 
 
 class Clock(Protocol):
@@ -262,3 +266,58 @@ class Store(Protocol):
     def next_due_at(self) -> datetime | None:
         """The earliest ``next_action_at`` of an active case (for the simulator's clock)."""
         ...
+
+
+# ---------------------------------------------------------------- messages
+
+
+class DeliveryStatus(StrEnum):
+    """What a channel says after trying to deliver one message."""
+
+    SENT = "sent"
+    """Accepted by the provider (SMTP server, Twilio, push service, webhook receiver)."""
+    TRANSIENT_FAILURE = "transient_failure"
+    """Try again later (timeout, 5xx, rate limit, greylisting)."""
+    PERMANENT_FAILURE = "permanent_failure"
+    """Will never work as is (invalid address or number, unsubscribed push endpoint,
+    4xx): use the fallback channel."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A rendered message, ready for one channel. ``key`` is unique per (case or
+    campaign, step, channel) and is sent to providers as an idempotency hint."""
+
+    key: str
+    customer_id: str
+    kind: str
+    channel: str
+    locale: str
+    to: str
+    """Email address, E.164 phone number, push subscription (JSON), webhook URL, or
+    the customer id for in-app and file channels."""
+    subject: str = ""
+    text: str = ""
+    html: str = ""
+    data: Mapping[str, object] | None = None
+    """Structured payload (webhook body, push data, in-app fields, voice options)."""
+    headers: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """The channel's answer; ``provider_id`` is the provider's message id when known."""
+
+    status: DeliveryStatus
+    provider_id: str | None = None
+    error: str = ""
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """A way of reaching customers. Adapters translate provider errors into
+    ``DeliveryResult``; they never raise for a failed delivery."""
+
+    kind: str
+
+    def send(self, message: OutgoingMessage) -> DeliveryResult: ...
