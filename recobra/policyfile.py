@@ -23,13 +23,18 @@ from pydantic import (
     StrictInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from recobra.domain.case import FinalAction
 from recobra.domain.errors import DomainError
+from recobra.domain.messages import ChannelKind, MessageKind
 from recobra.domain.model import Funding, Interval
 from recobra.domain.money import normalise_currency
 from recobra.domain.policy import (
+    Campaign,
+    MessageStep,
+    Notification,
     PaydayRule,
     PolicySet,
     RetryPolicy,
@@ -75,8 +80,50 @@ Duration = Annotated[
 
 
 class StepModel(_Model):
-    after: Duration
-    action: Literal["retry"] = "retry"
+    action: Literal["retry", "message"] = "retry"
+    after: Duration | None = None
+    before_final: Duration | None = None
+    kind: MessageKind | None = None
+    channels: list[ChannelKind] = []
+    fallback: list[ChannelKind] = []
+    fallback_after: Duration | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> StepModel:
+        if self.action == "retry":
+            if self.after is None:
+                raise ValueError("a retry step needs 'after'")
+            if self.before_final or self.kind or self.channels or self.fallback or self.fallback_after:
+                raise ValueError(
+                    "a retry step takes only 'after' (messages are steps with action = \"message\")"
+                )
+        else:
+            if self.kind is None or not self.channels:
+                raise ValueError("a message step needs 'kind' and 'channels'")
+            if (self.after is None) == (self.before_final is None):
+                raise ValueError("a message step needs either 'after' or 'before_final'")
+        return self
+
+
+class NotificationModel(_Model):
+    channels: list[ChannelKind] = Field(min_length=1)
+    delay: Duration = "0m"
+
+
+class NotificationsModel(_Model):
+    payment_recovered: NotificationModel | None = None
+    payment_method_updated: NotificationModel | None = None
+    subscription_canceled: NotificationModel | None = None
+    win_back: NotificationModel | None = None
+
+
+class CampaignModel(_Model):
+    name: str = Field(min_length=1)
+    kind: MessageKind
+    before: list[Duration] = Field(min_length=1)
+    channels: list[ChannelKind] = Field(min_length=1)
+    intervals: list[Interval] = []
+    offer: str | None = None
 
 
 class TimingModel(_Model):
@@ -141,6 +188,9 @@ class FileModel(_Model):
     default_policy: str
     segments: list[SegmentModel] = []
     policies: dict[str, PolicyModel] = Field(min_length=1)
+    notifications: NotificationsModel = NotificationsModel()
+    campaigns: list[CampaignModel] = []
+    benefits: dict[str, dict[Literal["es", "en"], list[str]]] = {}
 
 
 _UNION_BRANCHES = {"int", "str", "literal['last_business_day']"}
@@ -211,7 +261,39 @@ def parse_policy(text: str, source: str = "<policy>") -> LoadedPolicy:
         for s in model.segments
     )
     try:
-        policy_set = PolicySet(model.name, model.version, segments, policies, model.default_policy)
+        notifications = {
+            MessageKind(kind): Notification(
+                MessageKind(kind),
+                tuple(n.channels),
+                parse_duration(f"notifications.{kind}.delay", n.delay),
+            )
+            for kind, n in model.notifications
+            if n is not None
+        }
+        campaigns = tuple(
+            Campaign(
+                name=f"campaigns[{i}]",
+                kind=c.kind,
+                before=tuple(parse_duration(f"campaigns[{i}].before", b) for b in c.before),
+                channels=tuple(c.channels),
+                intervals=frozenset(c.intervals),
+                offer=c.offer,
+            )
+            for i, c in enumerate(model.campaigns)
+        )
+        policy_set = PolicySet(
+            model.name,
+            model.version,
+            segments,
+            policies,
+            model.default_policy,
+            notifications=notifications,
+            campaigns=campaigns,
+            benefits={
+                plan: {loc: tuple(items) for loc, items in per.items()}
+                for plan, per in model.benefits.items()
+            },
+        )
     except DomainError as exc:
         raise PolicyError(source, [(exc.field, exc.reason)]) from None
     checksum = hashlib.sha256(text.encode()).hexdigest()
@@ -219,7 +301,24 @@ def parse_policy(text: str, source: str = "<policy>") -> LoadedPolicy:
 
 
 def _policy(name: str, pm: PolicyModel, where: str) -> RetryPolicy:
-    steps = tuple(parse_duration(f"{where}.steps[{i}].after", s.after) for i, s in enumerate(pm.steps))
+    steps = tuple(
+        parse_duration(f"{where}.steps[{i}].after", s.after)
+        for i, s in enumerate(pm.steps)
+        if s.action == "retry" and s.after is not None
+    )
+    messages = tuple(
+        MessageStep(
+            name=f"{where}.steps[{i}]",
+            kind=s.kind,
+            channels=tuple(s.channels),
+            after=parse_duration(f"{where}.steps[{i}].after", s.after) if s.after else None,
+            before_final=(
+                parse_duration(f"{where}.steps[{i}].before_final", s.before_final) if s.before_final else None
+            ),
+        )
+        for i, s in enumerate(pm.steps)
+        if s.action == "message" and s.kind is not None
+    )
     t = pm.timing
     timing = Timing(
         start_hour=t.start_hour,
@@ -243,6 +342,7 @@ def _policy(name: str, pm: PolicyModel, where: str) -> RetryPolicy:
         processing_backoff=tuple(
             parse_duration(f"{where}.processing_backoff[{i}]", d) for i, d in enumerate(pm.processing_backoff)
         ),
+        messages=messages,
     )
 
 

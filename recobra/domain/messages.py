@@ -7,7 +7,10 @@ this module decide *whether*, *when* and *on which channel* it may go.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
+from zoneinfo import ZoneInfo
 
 
 class MessageKind(StrEnum):
@@ -57,3 +60,136 @@ class ChannelKind(StrEnum):
 
 CONSENT_REQUIRED = frozenset({ChannelKind.SMS, ChannelKind.VOICE})
 """Channels that need the customer's explicit consent (and honour STOP)."""
+
+
+# ---------------------------------------------------------------- delivery rules
+
+@dataclass(frozen=True, slots=True)
+class Reachability:
+    """How a customer can be reached, and what they agreed to."""
+
+    email: str | None = None
+    phone: str | None = None
+    push_subscriptions: int = 0
+    sms_consent: bool = False
+    voice_consent: bool = False
+    sms_stopped: bool = False
+    """The customer replied STOP (or the provider says they did)."""
+    unsubscribed: bool = False
+    """The customer unsubscribed from dunning and reminder messages."""
+    suppressed: bool = False
+    """Canceled: nothing but the transactional cancellation confirmation."""
+
+    def can_receive(self, channel: ChannelKind) -> tuple[bool, str]:
+        """Whether ``channel`` reaches this customer, and if not, why."""
+        match channel:
+            case ChannelKind.EMAIL:
+                return (self.email is not None, "no email address")
+            case ChannelKind.SMS:
+                if self.phone is None:
+                    return False, "no phone number"
+                if self.sms_stopped:
+                    return False, "the customer replied STOP"
+                return (self.sms_consent, "no consent for SMS")
+            case ChannelKind.VOICE:
+                if self.phone is None:
+                    return False, "no phone number"
+                return (self.voice_consent, "no consent for calls")
+            case ChannelKind.PUSH:
+                return (self.push_subscriptions > 0, "no push subscription")
+            case _:
+                return True, ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRules:
+    """Limits the engine enforces on every message, whatever the templates say."""
+
+    quiet_start: int = 21
+    """Local hour from which nothing is sent (until ``quiet_end``)."""
+    quiet_end: int = 8
+    max_per_day: int = 2
+    max_per_week: int = 5
+    quiet_channels: frozenset[ChannelKind] = field(
+        default_factory=lambda: frozenset(
+            {ChannelKind.EMAIL, ChannelKind.SMS, ChannelKind.VOICE, ChannelKind.PUSH}
+        )
+    )
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.quiet_start <= 23 and 0 <= self.quiet_end <= 23):
+            raise ValueError("delivery.quiet hours must be 0-23")
+        if self.max_per_day < 1 or self.max_per_week < self.max_per_day:
+            raise ValueError("delivery caps: need 1 <= max_per_day <= max_per_week")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with a due message: send now on ``channel``, wait until ``defer_until``,
+    or skip it (``channel is None`` and no deferral) for ``reason``."""
+
+    channel: ChannelKind | None
+    defer_until: datetime | None
+    reason: str
+
+    @property
+    def send(self) -> bool:
+        return self.channel is not None and self.defer_until is None
+
+
+def in_quiet_hours(local: datetime, rules: DeliveryRules) -> bool:
+    hour = local.hour
+    if rules.quiet_start > rules.quiet_end:
+        return hour >= rules.quiet_start or hour < rules.quiet_end
+    return rules.quiet_start <= hour < rules.quiet_end
+
+
+def end_of_quiet_hours(now: datetime, zone: ZoneInfo, rules: DeliveryRules) -> datetime:
+    """The next instant (UTC) at ``quiet_end`` local time after ``now``."""
+    local = now.astimezone(zone)
+    day = local.date() if local.hour < rules.quiet_end else local.date() + timedelta(days=1)
+    return datetime.combine(day, time(rules.quiet_end), zone).astimezone(UTC)
+
+
+def decide_delivery(
+    kind: MessageKind,
+    channel: ChannelKind,
+    reach: Reachability,
+    *,
+    now: datetime,
+    timezone: str,
+    recent: list[datetime],
+    rules: DeliveryRules,
+) -> Verdict:
+    """Apply suppression, consent, quiet hours and frequency caps to one due message.
+
+    ``recent`` holds the times of non-transactional messages already sent to this
+    customer (any channel). Transactional messages skip the caps and quiet hours
+    for email (a confirmation is expected at once), but never consent.
+    """
+    transactional = kind in TRANSACTIONAL
+    if reach.suppressed and kind is not MessageKind.SUBSCRIPTION_CANCELED:
+        return Verdict(None, None, "customer canceled: only the cancellation confirmation is sent")
+    if reach.unsubscribed and not transactional:
+        return Verdict(None, None, "customer unsubscribed from reminders")
+    ok, why = reach.can_receive(channel)
+    if not ok:
+        return Verdict(None, None, f"{channel} unavailable: {why}")
+    zone = ZoneInfo(timezone)
+    now = now.astimezone(UTC)
+    quiet_applies = channel in rules.quiet_channels and not (transactional and channel is ChannelKind.EMAIL)
+    if quiet_applies and in_quiet_hours(now.astimezone(zone), rules):
+        until = end_of_quiet_hours(now, zone, rules)
+        why = f"quiet hours in {timezone}: waits until {rules.quiet_end:02d}:00 local"
+        return Verdict(channel, until, why)
+    if not transactional:
+        day_ago, week_ago = now - timedelta(days=1), now - timedelta(days=7)
+        last_day = sorted(t for t in recent if t > day_ago)
+        last_week = sorted(t for t in recent if t > week_ago)
+        if len(last_day) >= rules.max_per_day:
+            until = last_day[len(last_day) - rules.max_per_day] + timedelta(days=1)
+            return Verdict(channel, until, f"daily cap of {rules.max_per_day} messages reached")
+        if len(last_week) >= rules.max_per_week:
+            until = last_week[len(last_week) - rules.max_per_week] + timedelta(days=7)
+            return Verdict(channel, until, f"weekly cap of {rules.max_per_week} messages reached")
+    return Verdict(channel, None, f"send by {channel}")

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from recobra.domain.case import FinalAction
 from recobra.domain.errors import DomainError
+from recobra.domain.messages import ChannelKind, MessageKind
 from recobra.domain.model import Funding, Interval
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
@@ -85,6 +86,84 @@ class Timing:
             raise DomainError("timing.jitter_minutes", "must be 0-180")
 
 
+DUNNING_KINDS = frozenset(
+    {MessageKind.PAYMENT_FAILED, MessageKind.PAYMENT_REMINDER, MessageKind.FINAL_NOTICE}
+)
+
+
+def _check_channels(where: str, channels: tuple[ChannelKind, ...]) -> None:
+    if not channels:
+        raise DomainError(f"{where}.channels", "needs at least one channel")
+    if len(set(channels)) != len(channels):
+        raise DomainError(f"{where}.channels", "a channel is listed twice")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStep:
+    """A message on the dunning timeline: ``after`` the failure, or ``before_final``
+    the final action. It goes out on every one of ``channels`` the customer can
+    receive. ``fallback`` channels are tried in order when none of them could
+    deliver it (no address, no consent, permanent failure) or, with
+    ``fallback_after``, when nobody clicked its link within that time."""
+
+    name: str
+    kind: MessageKind
+    channels: tuple[ChannelKind, ...]
+    after: timedelta | None = None
+    before_final: timedelta | None = None
+    fallback: tuple[ChannelKind, ...] = ()
+    fallback_after: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if (self.after is None) == (self.before_final is None):
+            raise DomainError(self.name, "a message step needs either 'after' or 'before_final'")
+        if self.kind not in DUNNING_KINDS:
+            raise DomainError(
+                f"{self.name}.kind",
+                f"{self.kind} is not a dunning message; use one of {sorted(DUNNING_KINDS)}",
+            )
+        _check_channels(self.name, self.channels)
+        if set(self.fallback) & set(self.channels):
+            raise DomainError(f"{self.name}.fallback", "a fallback channel is already in 'channels'")
+        if self.fallback_after is not None and not self.fallback:
+            raise DomainError(f"{self.name}.fallback_after", "needs 'fallback' channels")
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A message sent when something happens (recovery, new card, cancellation),
+    ``delay`` after it (a win-back some weeks after a cancellation)."""
+
+    kind: MessageKind
+    channels: tuple[ChannelKind, ...]
+    delay: timedelta = timedelta(0)
+
+    def __post_init__(self) -> None:
+        _check_channels(f"notifications.{self.kind}", self.channels)
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """Pre-dunning: messages ``before`` a card expires or a renewal is due."""
+
+    name: str
+    kind: MessageKind
+    before: tuple[timedelta, ...]
+    channels: tuple[ChannelKind, ...]
+    intervals: frozenset[Interval] = frozenset()
+    offer: str | None = None
+
+    def __post_init__(self) -> None:
+        allowed = {MessageKind.CARD_EXPIRING, MessageKind.RENEWAL_UPCOMING, MessageKind.RENEWAL_OFFER}
+        if self.kind not in allowed:
+            raise DomainError(f"{self.name}.kind", f"campaigns send one of {sorted(allowed)}")
+        if not self.before:
+            raise DomainError(f"{self.name}.before", "needs at least one time before the event")
+        if self.kind is MessageKind.RENEWAL_OFFER and not self.offer:
+            raise DomainError(f"{self.name}.offer", "a renewal offer needs the offer's text")
+        _check_channels(self.name, self.channels)
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """A timeline of retries, its limits, the grace period and the final action.
@@ -106,6 +185,7 @@ class RetryPolicy:
         timedelta(hours=1),
         timedelta(hours=4),
     )
+    messages: tuple[MessageStep, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"policies.{self.name}"
@@ -132,6 +212,18 @@ class RetryPolicy:
     @property
     def window(self) -> timedelta:
         return timedelta(days=self.max_days)
+
+    @property
+    def final_offset(self) -> timedelta:
+        """From the failure to the final action: the window plus the grace period."""
+        return timedelta(days=self.max_days + self.grace_days)
+
+    def message_offset(self, step: MessageStep) -> timedelta:
+        """When a message step is due, from the failure."""
+        if step.after is not None:
+            return step.after
+        assert step.before_final is not None
+        return max(self.final_offset - step.before_final, timedelta(0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +286,10 @@ class PolicySet:
     segments: tuple[Segment, ...]
     policies: Mapping[str, RetryPolicy]
     default_policy: str
+    notifications: Mapping[MessageKind, Notification] = field(default_factory=dict)
+    campaigns: tuple[Campaign, ...] = ()
+    benefits: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+    """Per plan id, per locale: what the customer would lose (used by messages)."""
 
     def __post_init__(self) -> None:
         if self.default_policy not in self.policies:
