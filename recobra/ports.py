@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from recobra.domain.case import DunningCase
+from recobra.domain.messages import MessageStatus, OutboxEntry, Reachability
 from recobra.domain.model import (
     Attempt,
     Customer,
@@ -42,6 +43,9 @@ __all__ = [
     "GatewayError",
     "GatewayFactory",
     "HolidayCalendar",
+    "MessageBundle",
+    "MessageComposer",
+    "MessageUpdate",
     "OutgoingMessage",
     "PaymentGateway",
     "Store",
@@ -243,6 +247,26 @@ class UnitOfWork(Protocol):
         """Write the outcome of attempts added earlier (matched by idempotency key)."""
         ...
 
+    def add_messages(self, entries: Sequence[OutboxEntry]) -> None:
+        """Queue messages; an entry whose key is already queued is ignored."""
+        ...
+
+    def set_suppressed(self, customer_id: str, at: datetime) -> None:
+        """The customer canceled: from now on only the cancellation confirmation reaches them."""
+        ...
+
+    def set_sms_stopped(self, customer_id: str, stopped: bool, at: datetime) -> None: ...
+
+    def reap_messages(self, now: datetime) -> int:
+        """Messages left 'sending' by a stopped worker become 'unknown' (never resent)."""
+        ...
+
+    def claim_due_messages(self, now: datetime, *, limit: int, worker_id: str, lease: timedelta) -> list[int]: ...
+
+    def load_messages(self, ids: Sequence[int], now: datetime) -> list[MessageBundle]: ...
+
+    def update_messages(self, updates: Sequence[MessageUpdate], *, release_claims: bool) -> None: ...
+
     def claim_due(
         self,
         now: datetime,
@@ -255,6 +279,49 @@ class UnitOfWork(Protocol):
         """Claim up to ``limit`` cases due at ``now`` and not claimed by a live worker
         (a claim whose lease expired is taken over). With ``case_ids``, claim those
         active cases whatever their due time (an immediate retry)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MessageBundle:
+    """A claimed outbox message with what deciding, rendering and sending it needs."""
+
+    id: int
+    entry: OutboxEntry
+    attempts: int
+    customer: Customer
+    reach: Reachability
+    push_subscription: str | None
+    case: DunningCase | None
+    payment_method: PaymentMethod | None
+    plan_id: str | None
+    plan_name: str | None
+    siblings: tuple[tuple[str, str, bool], ...]
+    """Other messages of the same step: (channel, status, clicked)."""
+    recent: tuple[datetime, ...]
+    """When non-transactional messages were last sent to this customer (7 days)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageUpdate:
+    """The new state of an outbox message after a dispatch."""
+
+    id: int
+    status: MessageStatus
+    due_at: datetime | None
+    reason: str
+    attempts: int
+    sent_at: datetime | None = None
+    provider_id: str | None = None
+    payload: Mapping[str, object] | None = None
+
+
+class MessageComposer(Protocol):
+    """Renders a due message for its channel and resolves the address (an adapter:
+    templates, locale formatting, signed links)."""
+
+    def compose(self, bundle: MessageBundle, now: datetime) -> OutgoingMessage:
+        """Raises ``ValueError`` when the message cannot be rendered (a template problem)."""
         ...
 
 

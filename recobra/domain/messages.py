@@ -64,6 +64,7 @@ CONSENT_REQUIRED = frozenset({ChannelKind.SMS, ChannelKind.VOICE})
 
 # ---------------------------------------------------------------- delivery rules
 
+
 @dataclass(frozen=True, slots=True)
 class Reachability:
     """How a customer can be reached, and what they agreed to."""
@@ -79,6 +80,8 @@ class Reachability:
     """The customer unsubscribed from dunning and reminder messages."""
     suppressed: bool = False
     """Canceled: nothing but the transactional cancellation confirmation."""
+    win_back_opt_in: bool = False
+    """Agreed to hear from us after canceling."""
 
     def can_receive(self, channel: ChannelKind) -> tuple[bool, str]:
         """Whether ``channel`` reaches this customer, and if not, why."""
@@ -168,7 +171,10 @@ def decide_delivery(
     for email (a confirmation is expected at once), but never consent.
     """
     transactional = kind in TRANSACTIONAL
-    if reach.suppressed and kind is not MessageKind.SUBSCRIPTION_CANCELED:
+    if kind is MessageKind.WIN_BACK and not reach.win_back_opt_in:
+        return Verdict(None, None, "win-back is sent only to customers who opted in")
+    exempt = {MessageKind.SUBSCRIPTION_CANCELED, MessageKind.WIN_BACK}
+    if reach.suppressed and kind not in exempt:
         return Verdict(None, None, "customer canceled: only the cancellation confirmation is sent")
     if reach.unsubscribed and not transactional:
         return Verdict(None, None, "customer unsubscribed from reminders")
@@ -193,3 +199,59 @@ def decide_delivery(
             until = last_week[len(last_week) - rules.max_per_week] + timedelta(days=7)
             return Verdict(channel, until, f"weekly cap of {rules.max_per_week} messages reached")
     return Verdict(channel, None, f"send by {channel}")
+
+
+# ---------------------------------------------------------------- the outbox
+
+
+class MessageStatus(StrEnum):
+    """Where a message stands in the outbox."""
+
+    SCHEDULED = "scheduled"
+    """Waiting for its due time (or deferred by quiet hours, caps, a transient failure)."""
+    SENDING = "sending"
+    """Handed to the channel; a worker that stops here leaves it for the reaper."""
+    SENT = "sent"
+    """Accepted by the provider (for in-app: waiting to be seen)."""
+    FAILED = "failed"
+    """Failed for good (permanent error, or transient errors exhausted); fallback used."""
+    SKIPPED = "skipped"
+    """Not sent by rule: suppressed, unsubscribed, no consent, no address."""
+    CANCELED = "canceled"
+    """No longer needed: the case was recovered or closed, or a fallback was not needed."""
+    UNKNOWN = "unknown"
+    """A worker stopped while sending: it may have gone out. Never resent (at most once)."""
+
+
+SETTLED = frozenset(
+    {
+        MessageStatus.SENT,
+        MessageStatus.FAILED,
+        MessageStatus.SKIPPED,
+        MessageStatus.CANCELED,
+        MessageStatus.UNKNOWN,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A message to send at ``due_at``. ``key`` is unique: a (case or campaign, step,
+    channel) is queued, and so sent, at most once."""
+
+    key: str
+    customer_id: str
+    case_id: str | None
+    kind: MessageKind
+    channel: ChannelKind
+    step: str
+    due_at: datetime
+    fallback: tuple[ChannelKind, ...] = ()
+    fallback_after: timedelta | None = None
+    only_if_unclicked: bool = False
+    """A fallback sent only if nobody clicked the step's earlier messages."""
+    note: str = ""
+
+
+def message_key(scope: str, step: str, channel: ChannelKind) -> str:
+    return f"{scope}:{step}:{channel}"

@@ -28,6 +28,7 @@ from recobra.domain.case import (
     NextAction,
 )
 from recobra.domain.declines import Decline, DeclineCategory, classify
+from recobra.domain.messages import MessageKind, OutboxEntry, message_key
 from recobra.domain.model import (
     Attempt,
     AttemptStatus,
@@ -280,7 +281,8 @@ class Engine:
                 past_due.append((cmd.subscription.id, SubscriptionStatus.PAST_DUE))
             results.append(HandleResult(cmd.event_id, case_ids=(case.id,)))
         uow.add_cases(new_cases)
-        uow.save_cases(list(updated.values()), release_claims=False)
+        uow.add_messages([m for case in new_cases for m in self._dunning_messages(case)])
+        self._save(uow, list(updated.values()), release_claims=False)
         uow.add_attempts(attempts)
         uow.set_subscription_statuses(past_due)
         return results
@@ -360,7 +362,7 @@ class Engine:
         case.transition_to(status, at=at, reason=reason)
         if case.subscription_id:
             uow.set_subscription_statuses([(case.subscription_id, SubscriptionStatus.ACTIVE)])
-        uow.save_cases([case], release_claims=True)
+        self._save(uow, [case], release_claims=True)
         return HandleResult(event_id, case_ids=(case.id,))
 
     def _payment_method_updated(self, uow: UnitOfWork, cmd: PaymentMethodUpdated) -> HandleResult:
@@ -383,19 +385,22 @@ class Engine:
                 payment_method_id=method.id,
             )
             case.schedule(NextAction.RETRY_NOW, cmd.occurred_at, "new payment method: immediate retry")
-        uow.save_cases(cases, release_claims=False)
+        self._save(uow, cases, release_claims=False)
         return HandleResult(cmd.event_id, case_ids=tuple(c.id for c in cases))
 
     def _subscription_canceled(self, uow: UnitOfWork, cmd: SubscriptionCanceled) -> HandleResult:
         uow.set_subscription_statuses([(cmd.subscription_id, SubscriptionStatus.CANCELED)])
         cases = uow.active_cases(subscription_id=cmd.subscription_id)
         why = f": {cmd.reason}" if cmd.reason else ""
+        customers = {c.customer_id for c in cases}
+        for customer_id in customers:
+            uow.set_suppressed(customer_id, cmd.occurred_at)
         for case in cases:
             case.transition_to(
                 CaseStatus.CANCELED, at=cmd.occurred_at, reason=f"customer canceled the subscription{why}"
             )
             uow.set_invoice_status(case.invoice_id, InvoiceStatus.VOID, cmd.occurred_at)
-        uow.save_cases(cases, release_claims=True)
+        self._save(uow, cases, release_claims=True)
         return HandleResult(cmd.event_id, case_ids=tuple(c.id for c in cases))
 
     def write_off(self, case_id: str, now: datetime, *, reason: str, operator: str = "") -> DunningCase:
@@ -415,13 +420,74 @@ class Engine:
                     who = f" by {operator}" if operator else ""
                     case.transition_to(CaseStatus.WRITTEN_OFF, at=now, reason=f"written off{who}: {reason}")
                     uow.set_invoice_status(case.invoice_id, InvoiceStatus.UNCOLLECTIBLE, now)
-                    uow.save_cases([case], release_claims=True)
+                    self._save(uow, [case], release_claims=True)
                     uow.commit()
                     return case
             except ConcurrentUpdate:
                 if attempt == CONCURRENCY_RETRIES:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ messages
+
+    def _save(self, uow: UnitOfWork, cases: Sequence[DunningCase], *, release_claims: bool) -> None:
+        """Save cases, queueing the notifications their new events call for (same transaction)."""
+        entries = [e for case in cases for e in self._notifications(case)]
+        uow.save_cases(cases, release_claims=release_claims)
+        uow.add_messages(entries)
+
+    def _dunning_messages(self, case: DunningCase) -> list[OutboxEntry]:
+        """The policy's message steps for a newly opened case, each on its channels."""
+        policy = self._policy(case)
+        entries = []
+        for index, step in enumerate(policy.messages):
+            due = case.opened_at + policy.message_offset(step)
+            for channel in step.channels:
+                entries.append(
+                    OutboxEntry(
+                        key=message_key(case.id, f"m{index}", channel),
+                        customer_id=case.customer_id,
+                        case_id=case.id,
+                        kind=step.kind,
+                        channel=channel,
+                        step=f"m{index}",
+                        due_at=due,
+                        fallback=step.fallback,
+                        fallback_after=step.fallback_after,
+                    )
+                )
+        return entries
+
+    def _notifications(self, case: DunningCase) -> list[OutboxEntry]:
+        """Messages that this case's new (not yet saved) events trigger."""
+        kinds: list[tuple[MessageKind, datetime]] = []
+        for event in case.events:
+            if event.kind is EventKind.PAYMENT_METHOD_UPDATED:
+                kinds.append((MessageKind.PAYMENT_METHOD_UPDATED, event.at))
+            elif event.kind is EventKind.STATUS_CHANGED and event.to_status is CaseStatus.RECOVERED:
+                kinds.append((MessageKind.PAYMENT_RECOVERED, event.at))
+            elif event.kind is EventKind.STATUS_CHANGED and event.to_status is CaseStatus.CANCELED:
+                kinds.append((MessageKind.SUBSCRIPTION_CANCELED, event.at))
+                kinds.append((MessageKind.WIN_BACK, event.at))
+        entries = []
+        for kind, at in kinds:
+            rule = self.policies.notifications.get(kind)
+            if rule is None:
+                continue
+            step = f"{kind}@{at:%Y%m%dT%H%M%S}"
+            for channel in rule.channels:
+                entries.append(
+                    OutboxEntry(
+                        key=message_key(case.id, step, channel),
+                        customer_id=case.customer_id,
+                        case_id=case.id,
+                        kind=kind,
+                        channel=channel,
+                        step=step,
+                        due_at=at + rule.delay,
+                    )
+                )
+        return entries
 
     # ------------------------------------------------------------------ decisions
 
@@ -551,7 +617,7 @@ class Engine:
                 new_attempts.append(attempt)
                 batch.work.append(_Work(bundle, attempt))
         uow.add_attempts(new_attempts)
-        uow.save_cases([w.bundle.case for w in batch.work], release_claims=False)
+        self._save(uow, [w.bundle.case for w in batch.work], release_claims=False)
         return batch
 
     def _execute(self, batch: _Batch, now: datetime) -> TickReport:
@@ -603,7 +669,7 @@ class Engine:
             for stale, action, error in done:
                 self._record_final_action(uow, loaded[stale.case.id].case, action, error, now, report)
             uow.finish_attempts(finished)
-            uow.save_cases([b.case for b in loaded.values()], release_claims=True)
+            self._save(uow, [b.case for b in loaded.values()], release_claims=True)
             uow.commit()
         return report
 

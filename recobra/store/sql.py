@@ -31,6 +31,14 @@ from sqlalchemy.engine import make_url
 
 from recobra.domain.case import CaseEvent, CaseStatus, DunningCase, FinalAction, NextAction
 from recobra.domain.declines import Decline, DeclineCategory, classify
+from recobra.domain.messages import (
+    TRANSACTIONAL,
+    ChannelKind,
+    MessageKind,
+    MessageStatus,
+    OutboxEntry,
+    Reachability,
+)
 from recobra.domain.model import (
     Attempt,
     AttemptStatus,
@@ -45,16 +53,19 @@ from recobra.domain.model import (
 )
 from recobra.domain.money import Money
 from recobra.domain.network import PriorAttempt
-from recobra.ports import CaseBundle, ConcurrentUpdate
+from recobra.ports import CaseBundle, ConcurrentUpdate, MessageBundle, MessageUpdate
 from recobra.store.tables import (
     AttemptRow,
     CaseEventRow,
     CaseRow,
+    ContactPreferenceRow,
     CustomerRow,
     InvoiceRow,
+    MessageRow,
     PaymentMethodRow,
     PlanRow,
     ProcessedEventRow,
+    PushSubscriptionRow,
     SubscriptionRow,
 )
 
@@ -152,6 +163,48 @@ _ACTIVE_CASES_OF = {
     .order_by(cases_t.c.opened_at)
     for who in ("customer", "subscription")
 }
+messages_t = MessageRow.__table__
+prefs_t = ContactPreferenceRow.__table__
+push_t = PushSubscriptionRow.__table__
+_MESSAGES_BY_ID = select(messages_t).where(messages_t.c.id.in_(_ids))
+_PREFS_BY_CUSTOMER = select(prefs_t).where(prefs_t.c.customer_id.in_(_ids))
+_PUSH_BY_CUSTOMER = (
+    select(push_t.c.customer_id, push_t.c.subscription)
+    .where(push_t.c.customer_id.in_(_ids))
+    .order_by(push_t.c.created_at)
+)
+_STEP_SIBLINGS = select(
+    messages_t.c.case_id,
+    messages_t.c.step,
+    messages_t.c.channel,
+    messages_t.c.status,
+    messages_t.c.clicked_at,
+).where(messages_t.c.case_id.in_(_ids))
+_RECENT_SENDS = select(messages_t.c.customer_id, messages_t.c.sent_at).where(
+    messages_t.c.customer_id.in_(_ids),
+    messages_t.c.sent_at >= bindparam("since"),
+    messages_t.c.kind.not_in([k.value for k in TRANSACTIONAL]),
+)
+_PLANS_BY_SUBSCRIPTION = (
+    select(SubscriptionRow.__table__.c.id, PlanRow.__table__.c.id.label("plan_id"), PlanRow.__table__.c.name)
+    .join(PlanRow.__table__, PlanRow.__table__.c.id == SubscriptionRow.__table__.c.plan_id)
+    .where(SubscriptionRow.__table__.c.id.in_(_ids))
+)
+_DEFAULT_METHODS = select(methods_t).where(methods_t.c.customer_id.in_(_ids), methods_t.c.is_default)
+_UPDATE_MESSAGES = {
+    release: update(messages_t)
+    .where(messages_t.c.id == bindparam("k_id"))
+    .values(
+        status=bindparam("v_status"),
+        due_at=bindparam("v_due_at"),
+        reason=bindparam("v_reason"),
+        attempts=bindparam("v_attempts"),
+        sent_at=func.coalesce(bindparam("v_sent_at"), messages_t.c.sent_at),
+        provider_id=func.coalesce(bindparam("v_provider_id"), messages_t.c.provider_id),
+        **({"claimed_by": None, "claim_expires_at": None} if release else {}),
+    )
+    for release in (False, True)
+}
 _KNOWN_CUSTOMERS = select(customers_t.c.id).where(customers_t.c.id.in_(_ids))
 _UNSET_OTHER_DEFAULTS = (
     update(methods_t)
@@ -176,6 +229,48 @@ _SET_SUBSCRIPTION_STATUS = (
     .where(_subscriptions_t.c.id == bindparam("k_id"))
     .values(status=bindparam("v_status"))
 )
+
+
+def _claim_messages_statement(dialect: str) -> Any:
+    key = ("claim-messages", dialect)
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        now = bindparam("now")
+        free = or_(messages_t.c.claim_expires_at.is_(None), messages_t.c.claim_expires_at < now)
+        due = (
+            select(messages_t.c.id)
+            .where(free, messages_t.c.status == MessageStatus.SCHEDULED.value, messages_t.c.due_at <= now)
+            .order_by(messages_t.c.due_at)
+            .limit(bindparam("limit"))
+        )
+        if dialect == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        stmt = (
+            update(messages_t)
+            .where(and_(messages_t.c.id.in_(due.scalar_subquery()), free))
+            .values(claimed_by=bindparam("worker"), claim_expires_at=bindparam("expires"))
+            .returning(messages_t.c.id)
+        )
+        _STATEMENTS[key] = stmt
+    return stmt
+
+
+def _entry_from_row(r: Row[Any]) -> OutboxEntry:
+    data = r.data or {}
+    after = data.get("fallback_after_s")
+    return OutboxEntry(
+        key=r.key,
+        customer_id=r.customer_id,
+        case_id=r.case_id,
+        kind=MessageKind(r.kind),
+        channel=ChannelKind(r.channel),
+        step=r.step,
+        due_at=r.due_at or r.created_at,
+        fallback=tuple(ChannelKind(c) for c in data.get("fallback", ())),
+        fallback_after=timedelta(seconds=after) if after is not None else None,
+        only_if_unclicked=bool(data.get("only_if_unclicked", False)),
+        note=str(data.get("note", "")),
+    )
 
 
 def _claim_statement(dialect: str, by_id: bool) -> Any:
@@ -293,6 +388,20 @@ def _case_from_row(r: Row[Any]) -> DunningCase:
         closed_at=r.closed_at,
         final_action=FinalAction(r.final_action) if r.final_action else None,
         version=r.version,
+    )
+
+
+def _method_from_row(r: Row[Any]) -> PaymentMethod:
+    return PaymentMethod(
+        id=r.id,
+        customer_id=r.customer_id,
+        gateway_token=r.gateway_token,
+        brand=r.brand,
+        last4=r.last4,
+        exp_month=r.exp_month,
+        exp_year=r.exp_year,
+        funding=Funding(r.funding),
+        is_default=r.is_default,
     )
 
 
@@ -545,20 +654,7 @@ class SqlUnitOfWork:
             for r in self.conn.execute(_CUSTOMERS_BY_ID, {"ids": list({c.customer_id for c in cases})})
         }
         pm_ids = list({c.payment_method_id for c in cases})
-        methods = {
-            r.id: PaymentMethod(
-                id=r.id,
-                customer_id=r.customer_id,
-                gateway_token=r.gateway_token,
-                brand=r.brand,
-                last4=r.last4,
-                exp_month=r.exp_month,
-                exp_year=r.exp_year,
-                funding=Funding(r.funding),
-                is_default=r.is_default,
-            )
-            for r in self.conn.execute(_METHODS_BY_ID, {"ids": pm_ids})
-        }
+        methods = {r.id: _method_from_row(r) for r in self.conn.execute(_METHODS_BY_ID, {"ids": pm_ids})}
         open_attempts: dict[str, list[Attempt]] = {}
         for r in self.conn.execute(_OPEN_ATTEMPTS, {"ids": ids}):
             open_attempts.setdefault(r.case_id, []).append(_attempt_from_row(r))
@@ -679,6 +775,206 @@ class SqlUnitOfWork:
                 }
             )
         self.conn.execute(_FINISH_ATTEMPTS, rows)
+
+    # -- the message outbox
+    def add_messages(self, entries: Sequence[OutboxEntry]) -> None:
+        if not entries:
+            return
+        rows = [
+            {
+                "key": e.key,
+                "case_id": e.case_id,
+                "customer_id": e.customer_id,
+                "kind": e.kind.value,
+                "channel": e.channel.value,
+                "step": e.step,
+                "status": MessageStatus.SCHEDULED.value,
+                "due_at": e.due_at,
+                "attempts": 0,
+                "reason": "",
+                "data": {
+                    "fallback": [c.value for c in e.fallback],
+                    "fallback_after_s": e.fallback_after.total_seconds() if e.fallback_after else None,
+                    "only_if_unclicked": e.only_if_unclicked,
+                    "note": e.note,
+                },
+                "created_at": e.due_at,
+            }
+            for e in entries
+        ]
+        dialect = self.conn.dialect.name
+        key = ("add-messages", dialect)
+        stmt = _STATEMENTS.get(key)
+        if stmt is None:
+            ins: Any = postgresql.insert(messages_t) if dialect == "postgresql" else sqlite.insert(messages_t)
+            stmt = _STATEMENTS[key] = ins.on_conflict_do_nothing(index_elements=["key"])
+        self.conn.execute(stmt, rows)
+
+    def _set_preference(self, customer_id: str, at: datetime, **values: bool) -> None:
+        _upsert(
+            self.conn,
+            prefs_t,
+            [{"customer_id": customer_id, "updated_at": at, **values}],
+            ["customer_id"],
+        )
+
+    def set_suppressed(self, customer_id: str, at: datetime) -> None:
+        self._set_preference(customer_id, at, suppressed=True)
+
+    def set_sms_stopped(self, customer_id: str, stopped: bool, at: datetime) -> None:
+        self._set_preference(customer_id, at, sms_stopped=stopped)
+
+    def set_preferences(self, customer_id: str, at: datetime, **values: bool) -> None:
+        """Consent and opt-outs as given (absent keys unchanged)."""
+        if values:
+            self._set_preference(customer_id, at, **values)
+
+    def add_push_subscription(self, customer_id: str, endpoint: str, subscription: str, at: datetime) -> None:
+        _upsert(
+            self.conn,
+            push_t,
+            [
+                {
+                    "customer_id": customer_id,
+                    "endpoint": endpoint,
+                    "subscription": subscription,
+                    "created_at": at,
+                }
+            ],
+            ["endpoint"],
+        )
+
+    def reap_messages(self, now: datetime) -> int:
+        result = self.conn.execute(
+            update(messages_t)
+            .where(messages_t.c.status == MessageStatus.SENDING.value, messages_t.c.claim_expires_at < now)
+            .values(
+                status=MessageStatus.UNKNOWN.value,
+                due_at=None,
+                claimed_by=None,
+                claim_expires_at=None,
+                reason="a worker stopped while sending it: it may have gone out, so it is not sent again",
+            )
+        )
+        return int(result.rowcount or 0)
+
+    def claim_due_messages(self, now: datetime, *, limit: int, worker_id: str, lease: timedelta) -> list[int]:
+        stmt = _claim_messages_statement(self.conn.dialect.name)
+        params = {"now": now, "limit": limit, "worker": worker_id, "expires": now + lease}
+        return list(self.conn.scalars(stmt, params))
+
+    def load_messages(self, ids: Sequence[int], now: datetime) -> list[MessageBundle]:
+        if not ids:
+            return []
+        rows = self.conn.execute(_MESSAGES_BY_ID, {"ids": list(ids)}).all()
+        customer_ids = list({r.customer_id for r in rows})
+        case_ids = list({r.case_id for r in rows if r.case_id})
+        customers = {
+            r.id: Customer(
+                id=r.id,
+                email=r.email,
+                locale=r.locale,
+                timezone=r.timezone,
+                country=r.country,
+                name=r.name,
+                phone=r.phone,
+                created_at=r.created_at,
+            )
+            for r in self.conn.execute(_CUSTOMERS_BY_ID, {"ids": customer_ids})
+        }
+        prefs = {r.customer_id: r for r in self.conn.execute(_PREFS_BY_CUSTOMER, {"ids": customer_ids})}
+        push: dict[str, list[str]] = {}
+        for r in self.conn.execute(_PUSH_BY_CUSTOMER, {"ids": customer_ids}):
+            push.setdefault(r.customer_id, []).append(r.subscription)
+        cases = {r.id: _case_from_row(r) for r in self.conn.execute(_CASES_BY_ID, {"ids": case_ids})}
+        methods = {
+            r.id: _method_from_row(r)
+            for r in self.conn.execute(
+                _METHODS_BY_ID, {"ids": list({c.payment_method_id for c in cases.values()})}
+            )
+        }
+        defaults = {
+            r.customer_id: _method_from_row(r)
+            for r in self.conn.execute(_DEFAULT_METHODS, {"ids": customer_ids})
+        }
+        plans = {
+            r.id: (r.plan_id, r.name)
+            for r in self.conn.execute(
+                _PLANS_BY_SUBSCRIPTION,
+                {"ids": list({c.subscription_id for c in cases.values() if c.subscription_id})},
+            )
+        }
+        siblings: dict[tuple[str, str], list[tuple[str, str, bool]]] = {}
+        for r in self.conn.execute(_STEP_SIBLINGS, {"ids": case_ids}):
+            siblings.setdefault((r.case_id, r.step), []).append(
+                (r.channel, r.status, r.clicked_at is not None)
+            )
+        recent: dict[str, list[datetime]] = {}
+        for r in self.conn.execute(_RECENT_SENDS, {"ids": customer_ids, "since": now - timedelta(days=7)}):
+            recent.setdefault(r.customer_id, []).append(r.sent_at)
+        bundles = []
+        for r in rows:
+            customer = customers[r.customer_id]
+            pref = prefs.get(r.customer_id)
+            subs = push.get(r.customer_id, [])
+            case = cases.get(r.case_id) if r.case_id else None
+            method = methods.get(case.payment_method_id) if case else defaults.get(r.customer_id)
+            plan = plans.get(case.subscription_id) if case and case.subscription_id else None
+            reach = Reachability(
+                email=customer.email,
+                phone=customer.phone,
+                push_subscriptions=len(subs),
+                sms_consent=bool(pref and pref.sms_consent),
+                voice_consent=bool(pref and pref.voice_consent),
+                sms_stopped=bool(pref and pref.sms_stopped),
+                unsubscribed=bool(pref and pref.unsubscribed),
+                suppressed=bool(pref and pref.suppressed),
+                win_back_opt_in=bool(pref and pref.win_back_opt_in),
+            )
+            entry = _entry_from_row(r)
+            bundles.append(
+                MessageBundle(
+                    id=r.id,
+                    entry=entry,
+                    attempts=r.attempts,
+                    customer=customer,
+                    reach=reach,
+                    push_subscription=subs[-1] if subs else None,
+                    case=case,
+                    payment_method=method,
+                    plan_id=plan[0] if plan else None,
+                    plan_name=plan[1] if plan else None,
+                    siblings=tuple(s for s in siblings.get((r.case_id, r.step), []) if s[0] != r.channel)
+                    if r.case_id
+                    else (),
+                    recent=tuple(recent.get(r.customer_id, ())),
+                )
+            )
+        return bundles
+
+    def update_messages(self, updates: Sequence[MessageUpdate], *, release_claims: bool) -> None:
+        if not updates:
+            return
+        self.conn.execute(
+            _UPDATE_MESSAGES[release_claims],
+            [
+                {
+                    "k_id": u.id,
+                    "v_status": u.status.value,
+                    "v_due_at": u.due_at,
+                    "v_reason": u.reason,
+                    "v_attempts": u.attempts,
+                    "v_sent_at": u.sent_at,
+                    "v_provider_id": u.provider_id,
+                }
+                for u in updates
+            ],
+        )
+        payloads = [u for u in updates if u.payload is not None]
+        for u in payloads:
+            self.conn.execute(
+                update(messages_t).where(messages_t.c.id == u.id).values(data=dict(u.payload or {}))
+            )
 
     def claim_due(
         self,

@@ -172,3 +172,55 @@ class ProcessedEventRow(Base):
     event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     kind: Mapped[str] = mapped_column(String(48))
     occurred_at: Mapped[datetime]
+
+
+class MessageRow(Base):
+    """The transactional outbox: one row per (case or campaign, step, channel)."""
+
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_customer_sent", "customer_id", "sent_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(240), unique=True)
+    case_id: Mapped[str | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(16))
+    step: Mapped[str] = mapped_column(String(120))
+    status: Mapped[str] = mapped_column(String(16))
+    # Like cases' timers: set while the message waits, NULL once it is settled.
+    due_at: Mapped[datetime | None] = mapped_column(index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    provider_id: Mapped[str | None] = mapped_column(String(200))
+    data: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    clicked_at: Mapped[datetime | None]
+    seen_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claim_expires_at: Mapped[datetime | None]
+
+
+class ContactPreferenceRow(Base):
+    """What a customer agreed to and asked for."""
+
+    __tablename__ = "contact_preferences"
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), primary_key=True)
+    sms_consent: Mapped[bool] = mapped_column(default=False)
+    voice_consent: Mapped[bool] = mapped_column(default=False)
+    sms_stopped: Mapped[bool] = mapped_column(default=False)
+    unsubscribed: Mapped[bool] = mapped_column(default=False)
+    suppressed: Mapped[bool] = mapped_column(default=False)
+    win_back_opt_in: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[datetime]
+
+
+class PushSubscriptionRow(Base):
+    """A browser's web-push subscription for a customer."""
+
+    __tablename__ = "push_subscriptions"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    endpoint: Mapped[str] = mapped_column(String(1000), unique=True)
+    subscription: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
