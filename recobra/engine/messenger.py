@@ -202,13 +202,13 @@ class Messenger:
         delivered = any(status == MessageStatus.SENT for _, status, _ in bundle.siblings)
         if entry.note == "fallback" and delivered and not entry.only_if_unclicked:
             report.canceled += 1
-                return MessageUpdate(
-                    bundle.id,
-                    MessageStatus.CANCELED,
-                    None,
-                    "not needed: delivered on another channel",
-                    bundle.attempts,
-                )
+            return MessageUpdate(
+                bundle.id,
+                MessageStatus.CANCELED,
+                None,
+                "not needed: delivered on another channel",
+                bundle.attempts,
+            )
         verdict = decide_delivery(
             entry.kind,
             entry.channel,
@@ -305,4 +305,3 @@ class Messenger:
                 note="fallback",
             )
         ]
-
