@@ -203,7 +203,9 @@ class UnitOfWork(Protocol):
         """Insert or update; a default method makes the customer's other methods non-default."""
         ...
 
-    def upsert_subscriptions(self, subscriptions: Sequence[Subscription]) -> None: ...
+    def upsert_subscriptions(self, subscriptions: Sequence[Subscription], *, update_status: bool = False) -> None:
+        """Insert or update; an existing subscription's status changes only with ``update_status``."""
+        ...
 
     def upsert_invoices(self, invoices: Sequence[Invoice]) -> None: ...
 
@@ -257,6 +259,12 @@ class UnitOfWork(Protocol):
 
     def set_sms_stopped(self, customer_id: str, stopped: bool, at: datetime) -> None: ...
 
+    def set_preferences(self, customer_id: str, at: datetime, **values: bool) -> None: ...
+
+    def add_push_subscription(self, customer_id: str, endpoint: str, subscription: str, at: datetime) -> None: ...
+
+    def customers_with_phone(self, phone: str) -> list[str]: ...
+
     def reap_messages(self, now: datetime) -> int:
         """Messages left 'sending' by a stopped worker become 'unknown' (never resent)."""
         ...
@@ -296,6 +304,8 @@ class MessageBundle:
     payment_method: PaymentMethod | None
     plan_id: str | None
     plan_name: str | None
+    subscription_status: str | None
+    renews_at: datetime | None
     siblings: tuple[tuple[str, str, bool], ...]
     """Other messages of the same step: (channel, status, clicked)."""
     recent: tuple[datetime, ...]

@@ -114,16 +114,20 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """A customer's subscription to a plan."""
+    """A customer's subscription to a plan. ``renews_at`` is the end of the current
+    period (the next renewal), when known: pre-dunning reminders count back from it."""
 
     id: str
     customer_id: str
     plan: Plan
     status: SubscriptionStatus
     started_at: datetime
+    renews_at: datetime | None = None
 
     def __post_init__(self) -> None:
         require_aware("subscription.started_at", self.started_at)
+        if self.renews_at is not None:
+            require_aware("subscription.renews_at", self.renews_at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,60 @@ class InvoicePaidOutOfBand(_Event):
     note: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class SubscriptionUpdated(_Event):
+    """The billing system's view of a subscription and its card (created, renewed,
+    card changed): what pre-dunning reminders are planned from."""
+
+    event_id: str
+    occurred_at: datetime
+    customer: Customer
+    subscription: Subscription
+    payment_method: PaymentMethod | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactPreferencesChanged(_Event):
+    """Consent and opt-outs given by the customer (None: unchanged)."""
+
+    event_id: str
+    occurred_at: datetime
+    customer_id: str
+    sms_consent: bool | None = None
+    voice_consent: bool | None = None
+    unsubscribed: bool | None = None
+    win_back_opt_in: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SmsReceived(_Event):
+    """A customer's SMS reply (STOP, START ...), from the SMS provider's webhook."""
+
+    event_id: str
+    occurred_at: datetime
+    phone: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class PushSubscribed(_Event):
+    """A customer's browser subscribed to web push (the subscription JSON as sent by it)."""
+
+    event_id: str
+    occurred_at: datetime
+    customer_id: str
+    endpoint: str
+    subscription: str
+
+
 Command = (
-    PaymentFailed | PaymentSucceeded | PaymentMethodUpdated | SubscriptionCanceled | InvoicePaidOutOfBand
+    PaymentFailed
+    | PaymentSucceeded
+    | PaymentMethodUpdated
+    | SubscriptionCanceled
+    | InvoicePaidOutOfBand
+    | SubscriptionUpdated
+    | ContactPreferencesChanged
+    | SmsReceived
+    | PushSubscribed
 )

@@ -32,6 +32,7 @@ from recobra.domain.messages import (
 )
 from recobra.domain.model import require_aware
 from recobra.domain.policy import DUNNING_KINDS
+from recobra.engine.campaigns import still_relevant
 from recobra.ports import (
     Channel,
     DeliveryResult,
@@ -199,6 +200,18 @@ class Messenger:
             return MessageUpdate(
                 bundle.id, MessageStatus.CANCELED, None, "not needed: the customer clicked", bundle.attempts
             )
+        if case is None and entry.note:
+            relevant, why = still_relevant(
+                entry.note,
+                default_method_id=bundle.payment_method.id if bundle.payment_method else None,
+                subscription_status=bundle.subscription_status,
+                renews_at=bundle.renews_at,
+            )
+            if not relevant:
+                report.canceled += 1
+                return MessageUpdate(
+                    bundle.id, MessageStatus.CANCELED, None, f"not needed: {why}", bundle.attempts
+                )
         delivered = any(status == MessageStatus.SENT for _, status, _ in bundle.siblings)
         if entry.note == "fallback" and delivered and not entry.only_if_unclicked:
             report.canceled += 1

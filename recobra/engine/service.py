@@ -48,13 +48,18 @@ from recobra.domain.network import (
 )
 from recobra.domain.policy import PolicySet, RetryPolicy, SegmentContext, Strategy
 from recobra.domain.schedule import HolidayCalendar, RetryContext, fit_local_hours, plan_retry
+from recobra.engine.campaigns import campaign_messages
 from recobra.engine.commands import (
     Command,
+    ContactPreferencesChanged,
     InvoicePaidOutOfBand,
     PaymentFailed,
     PaymentMethodUpdated,
     PaymentSucceeded,
+    PushSubscribed,
+    SmsReceived,
     SubscriptionCanceled,
+    SubscriptionUpdated,
 )
 from recobra.ports import (
     CardRef,
@@ -73,6 +78,11 @@ log = logging.getLogger("recobra.engine")
 
 FINAL_ACTION_RETRY = timedelta(hours=1)
 CONCURRENCY_RETRIES = 3
+# Carriers' standard opt-out and opt-in keywords (Twilio's list), with Spanish ones.
+SMS_STOP_WORDS = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "PARAR", "BAJA", "CANCELAR", "ALTO"}
+)
+SMS_START_WORDS = frozenset({"START", "YES", "UNSTOP", "ALTA", "SI", "SÍ"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +243,62 @@ class Engine:
                 return self._payment_method_updated(uow, command)
             case SubscriptionCanceled():
                 return self._subscription_canceled(uow, command)
+            case SubscriptionUpdated():
+                return self._subscription_updated(uow, command)
+            case ContactPreferencesChanged():
+                return self._preferences_changed(uow, command)
+            case SmsReceived():
+                return self._sms_received(uow, command)
+            case PushSubscribed():
+                if not uow.known_customers([command.customer_id]):
+                    return HandleResult(command.event_id, note="unknown customer: ignored")
+                uow.add_push_subscription(
+                    command.customer_id, command.endpoint, command.subscription, command.occurred_at
+                )
+                return HandleResult(command.event_id)
+
+    def _subscription_updated(self, uow: UnitOfWork, cmd: SubscriptionUpdated) -> HandleResult:
+        uow.upsert_customers([cmd.customer])
+        if cmd.payment_method is not None:
+            uow.upsert_payment_methods([cmd.payment_method])
+        uow.upsert_subscriptions([cmd.subscription], update_status=True)
+        entries = campaign_messages(
+            self.policies.campaigns,
+            cmd.customer,
+            cmd.subscription,
+            cmd.payment_method,
+            now=cmd.occurred_at,
+        )
+        uow.add_messages(entries)
+        return HandleResult(cmd.event_id, note=f"{len(entries)} reminder(s) planned")
+
+    def _preferences_changed(self, uow: UnitOfWork, cmd: ContactPreferencesChanged) -> HandleResult:
+        if not uow.known_customers([cmd.customer_id]):
+            return HandleResult(cmd.event_id, note="unknown customer: ignored")
+        values = {
+            name: value
+            for name, value in (
+                ("sms_consent", cmd.sms_consent),
+                ("voice_consent", cmd.voice_consent),
+                ("unsubscribed", cmd.unsubscribed),
+                ("win_back_opt_in", cmd.win_back_opt_in),
+            )
+            if value is not None
+        }
+        uow.set_preferences(cmd.customer_id, cmd.occurred_at, **values)
+        return HandleResult(cmd.event_id)
+
+    def _sms_received(self, uow: UnitOfWork, cmd: SmsReceived) -> HandleResult:
+        word = cmd.body.strip().split(maxsplit=1)[0].upper() if cmd.body.strip() else ""
+        stop, start = word in SMS_STOP_WORDS, word in SMS_START_WORDS
+        if not (stop or start):
+            return HandleResult(cmd.event_id, note="not a STOP or START reply")
+        customers = uow.customers_with_phone(cmd.phone)
+        for customer_id in customers:
+            uow.set_sms_stopped(customer_id, stop, cmd.occurred_at)
+        return HandleResult(
+            cmd.event_id, note=f"{'STOP' if stop else 'START'} for {len(customers)} customer(s)"
+        )
 
     def _payments_failed(self, uow: UnitOfWork, cmds: Sequence[PaymentFailed]) -> list[HandleResult]:
         """Open a case per failed invoice, in bulk; a failure on an invoice that already

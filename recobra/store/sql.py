@@ -7,6 +7,7 @@ objects here and nowhere else.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -186,7 +187,13 @@ _RECENT_SENDS = select(messages_t.c.customer_id, messages_t.c.sent_at).where(
     messages_t.c.kind.not_in([k.value for k in TRANSACTIONAL]),
 )
 _PLANS_BY_SUBSCRIPTION = (
-    select(SubscriptionRow.__table__.c.id, PlanRow.__table__.c.id.label("plan_id"), PlanRow.__table__.c.name)
+    select(
+        SubscriptionRow.__table__.c.id,
+        SubscriptionRow.__table__.c.status,
+        SubscriptionRow.__table__.c.renews_at,
+        PlanRow.__table__.c.id.label("plan_id"),
+        PlanRow.__table__.c.name,
+    )
     .join(PlanRow.__table__, PlanRow.__table__.c.id == SubscriptionRow.__table__.c.plan_id)
     .where(SubscriptionRow.__table__.c.id.in_(_ids))
 )
@@ -552,7 +559,9 @@ class SqlUnitOfWork:
             ["id"],
         )
 
-    def upsert_subscriptions(self, subscriptions: Sequence[Subscription]) -> None:
+    def upsert_subscriptions(
+        self, subscriptions: Sequence[Subscription], *, update_status: bool = False
+    ) -> None:
         plans = {s.plan.id: s.plan for s in subscriptions}
         _upsert(
             self.conn,
@@ -579,13 +588,15 @@ class SqlUnitOfWork:
                     "plan_id": s.plan.id,
                     "status": s.status.value,
                     "started_at": s.started_at,
+                    "renews_at": s.renews_at,
                 }
                 for s in subscriptions
             ],
             ["id"],
             # Once known, a subscription's status moves with its cases (past due,
-            # canceled by the final action ...): a late event must not turn it back.
-            keep=["status"],
+            # canceled by the final action ...): a late failure report must not turn
+            # it back. Only the billing system's own subscription updates set it.
+            keep=[] if update_status else ["status"],
         )
 
     def upsert_invoices(self, invoices: Sequence[Invoice]) -> None:
@@ -734,6 +745,9 @@ class SqlUnitOfWork:
             return {}
         stmt = _LOCK_CASES[self.conn.dialect.name == "postgresql"]
         return {r.id: r.version for r in self.conn.execute(stmt, {"ids": list(case_ids)})}
+
+    def customers_with_phone(self, phone: str) -> list[str]:
+        return list(self.conn.scalars(select(customers_t.c.id).where(customers_t.c.phone == phone)))
 
     def known_customers(self, customer_ids: Sequence[str]) -> set[str]:
         if not customer_ids:
@@ -897,13 +911,11 @@ class SqlUnitOfWork:
             r.customer_id: _method_from_row(r)
             for r in self.conn.execute(_DEFAULT_METHODS, {"ids": customer_ids})
         }
-        plans = {
-            r.id: (r.plan_id, r.name)
-            for r in self.conn.execute(
-                _PLANS_BY_SUBSCRIPTION,
-                {"ids": list({c.subscription_id for c in cases.values() if c.subscription_id})},
-            )
+        notes = {r.id: json.loads(r.data["note"]) if r.data and r.data.get("note") else {} for r in rows}
+        subscription_ids = {c.subscription_id for c in cases.values() if c.subscription_id} | {
+            n["subscription"] for n in notes.values() if "subscription" in n
         }
+        plans = {r.id: r for r in self.conn.execute(_PLANS_BY_SUBSCRIPTION, {"ids": list(subscription_ids)})}
         siblings: dict[tuple[str, str], list[tuple[str, str, bool]]] = {}
         for r in self.conn.execute(_STEP_SIBLINGS, {"ids": case_ids}):
             siblings.setdefault((r.case_id, r.step), []).append(
@@ -919,7 +931,8 @@ class SqlUnitOfWork:
             subs = push.get(r.customer_id, [])
             case = cases.get(r.case_id) if r.case_id else None
             method = methods.get(case.payment_method_id) if case else defaults.get(r.customer_id)
-            plan = plans.get(case.subscription_id) if case and case.subscription_id else None
+            subscription_id = case.subscription_id if case else notes[r.id].get("subscription")
+            plan = plans.get(subscription_id) if subscription_id else None
             reach = Reachability(
                 email=customer.email,
                 phone=customer.phone,
@@ -942,8 +955,10 @@ class SqlUnitOfWork:
                     push_subscription=subs[-1] if subs else None,
                     case=case,
                     payment_method=method,
-                    plan_id=plan[0] if plan else None,
-                    plan_name=plan[1] if plan else None,
+                    plan_id=plan.plan_id if plan else None,
+                    plan_name=plan.name if plan else None,
+                    subscription_status=plan.status if plan else None,
+                    renews_at=plan.renews_at if plan else None,
                     siblings=tuple(s for s in siblings.get((r.case_id, r.step), []) if s[0] != r.channel)
                     if r.case_id
                     else (),

@@ -72,6 +72,7 @@ class SubscriptionRow(Base):
     plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id"))
     status: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime]
+    renews_at: Mapped[datetime | None]
 
 
 class PaymentMethodRow(Base):
