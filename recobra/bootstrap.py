@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import inspect
 
 from recobra.calendars import PublicHolidays
+from recobra.domain.messages import ChannelKind, DeliveryRules
+from recobra.engine.messenger import Messenger
 from recobra.engine.service import Engine
 from recobra.gateways.loader import load_gateway
 from recobra.policyfile import LoadedPolicy, load_default_policy, load_policy_file
-from recobra.ports import PaymentGateway
-from recobra.settings import Settings
+from recobra.ports import Channel, PaymentGateway
+from recobra.settings import Settings, SettingsError, resolve_secrets
 from recobra.store.migrate import current_revision, head_revision
 from recobra.store.sql import SqlStore
 
@@ -49,6 +53,56 @@ def build_engine(
         (policies or load_policies(settings)).policies,
         PublicHolidays(),
         batch_size=settings.batch_size,
+        lease=timedelta(seconds=settings.lease_s),
+        worker_id=settings.worker_id,
+    )
+
+
+def build_messenger(
+    settings: Settings,
+    store: SqlStore,
+    policies: LoadedPolicy,
+    *,
+    channels: Mapping[ChannelKind, Channel] | None = None,
+    link_secret: str | None = None,
+) -> Messenger:
+    """The dispatcher with the configured channels, templates and link signer."""
+    from recobra.channels.loader import load_channel  # noqa: PLC0415 - SDKs load only when messaging
+    from recobra.messages.composer import Sender, TemplateComposer  # noqa: PLC0415
+    from recobra.messages.links import LinkSigner  # noqa: PLC0415
+    from recobra.messages.render import Renderer  # noqa: PLC0415
+
+    secret = link_secret or settings.link_secret
+    if not secret:
+        raise SettingsError("messages need RECOBRA_LINK_SECRET (32+ characters) to sign customers' links")
+    if channels is None:
+        loaded: dict[ChannelKind, Channel] = {}
+        for kind, spec in settings.channels.items():
+            try:
+                channel_kind = ChannelKind(kind)
+            except ValueError:
+                raise SettingsError(f"channels: unknown channel kind {kind!r}") from None
+            loaded[channel_kind] = load_channel(
+                spec, resolve_secrets(settings.channel_settings.get(kind, {}))
+            )
+        channels = loaded
+    composer = TemplateComposer(
+        Renderer(Path(settings.templates_dir) if settings.templates_dir else None),
+        LinkSigner(secret, settings.public_url),
+        policies.policies,
+        Sender(settings.company_name, settings.support_email, settings.data_retention_days),
+    )
+    rules = DeliveryRules(
+        quiet_start=settings.quiet_start,
+        quiet_end=settings.quiet_end,
+        max_per_day=settings.max_messages_per_day,
+        max_per_week=settings.max_messages_per_week,
+    )
+    return Messenger(
+        store,
+        channels,
+        composer,
+        rules=rules,
         lease=timedelta(seconds=settings.lease_s),
         worker_id=settings.worker_id,
     )

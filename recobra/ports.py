@@ -203,7 +203,9 @@ class UnitOfWork(Protocol):
         """Insert or update; a default method makes the customer's other methods non-default."""
         ...
 
-    def upsert_subscriptions(self, subscriptions: Sequence[Subscription], *, update_status: bool = False) -> None:
+    def upsert_subscriptions(
+        self, subscriptions: Sequence[Subscription], *, update_status: bool = False
+    ) -> None:
         """Insert or update; an existing subscription's status changes only with ``update_status``."""
         ...
 
@@ -261,7 +263,9 @@ class UnitOfWork(Protocol):
 
     def set_preferences(self, customer_id: str, at: datetime, **values: bool) -> None: ...
 
-    def add_push_subscription(self, customer_id: str, endpoint: str, subscription: str, at: datetime) -> None: ...
+    def add_push_subscription(
+        self, customer_id: str, endpoint: str, subscription: str, at: datetime
+    ) -> None: ...
 
     def customers_with_phone(self, phone: str) -> list[str]: ...
 
@@ -269,7 +273,9 @@ class UnitOfWork(Protocol):
         """Messages left 'sending' by a stopped worker become 'unknown' (never resent)."""
         ...
 
-    def claim_due_messages(self, now: datetime, *, limit: int, worker_id: str, lease: timedelta) -> list[int]: ...
+    def claim_due_messages(
+        self, now: datetime, *, limit: int, worker_id: str, lease: timedelta
+    ) -> list[int]: ...
 
     def load_messages(self, ids: Sequence[int], now: datetime) -> list[MessageBundle]: ...
 
@@ -342,6 +348,10 @@ class Store(Protocol):
 
     def next_due_at(self) -> datetime | None:
         """The earliest ``next_action_at`` of an active case (for the simulator's clock)."""
+        ...
+
+    def next_message_due_at(self) -> datetime | None:
+        """The earliest due time of a scheduled message."""
         ...
 
 

@@ -6,6 +6,7 @@ may name them but should not contain them.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tomllib
@@ -35,6 +36,26 @@ class Settings(BaseModel):
     poll_interval_s: float = Field(default=5.0, gt=0, le=3600)
     lease_s: int = Field(default=300, ge=10)
 
+    # Customer messages
+    messages: bool = True
+    company_name: str = "Recobra"
+    support_email: str = "support@example.com"
+    public_url: str = "http://127.0.0.1:8000"
+    """Where the hosted pages are served: signed links point there."""
+    link_secret: str | None = None
+    """At least 32 characters; from the environment (RECOBRA_LINK_SECRET)."""
+    templates_dir: str | None = None
+    """A folder of templates that override the shipped ones (same layout)."""
+    data_retention_days: int = Field(default=60, ge=0)
+    channels: dict[str, str] = Field(default_factory=lambda: {"in_app": "in_app"})
+    """Channel kind -> adapter (entry-point name or package.module:factory)."""
+    channel_settings: dict[str, dict[str, str]] = Field(default_factory=dict)
+    """Channel kind -> settings; a value "env:NAME" is read from the environment."""
+    quiet_start: int = Field(default=21, ge=0, le=23)
+    quiet_end: int = Field(default=8, ge=0, le=23)
+    max_messages_per_day: int = Field(default=2, ge=1)
+    max_messages_per_week: int = Field(default=5, ge=1)
+
 
 ENV_PREFIX = "RECOBRA_"
 GATEWAY_PREFIX = "RECOBRA_GATEWAY_SETTING_"
@@ -51,7 +72,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             raise SettingsError(f"{path}: cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{path}: not valid TOML: {exc}") from None
-    fields = set(Settings.model_fields) - {"gateway_settings"}
+    fields = set(Settings.model_fields) - {"gateway_settings", "channels", "channel_settings"}
     for name in fields:
         value = os.environ.get(ENV_PREFIX + name.upper())
         if value is not None:
@@ -61,9 +82,31 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         if key.startswith(GATEWAY_PREFIX):
             gateway_settings[key.removeprefix(GATEWAY_PREFIX).lower()] = value
     data["gateway_settings"] = gateway_settings
+    for name in ("channels", "channel_settings"):
+        raw = os.environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            try:
+                data[name] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()}: not valid JSON: {exc}") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise SettingsError(f"invalid configuration: {problems}") from None
+
+
+def resolve_secrets(values: dict[str, str]) -> dict[str, str]:
+    """Settings values written "env:NAME" are read from the environment (secrets stay
+    out of configuration files); a missing variable is an error naming it."""
+    out = {}
+    for key, value in values.items():
+        if value.startswith("env:"):
+            name = value.removeprefix("env:")
+            if name not in os.environ:
+                raise SettingsError(f"{key}: environment variable {name} is not set")
+            out[key] = os.environ[name]
+        else:
+            out[key] = value
+    return out

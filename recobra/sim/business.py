@@ -12,10 +12,14 @@ time (never early; at most ``resolution`` late, like a worker polling).
 from __future__ import annotations
 
 import heapq
+import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+import phonenumbers
 
 from recobra.domain.declines import DeclineCategory, classify
 from recobra.domain.model import (
@@ -32,11 +36,15 @@ from recobra.domain.model import (
 from recobra.domain.money import Money
 from recobra.engine.commands import (
     Command,
+    ContactPreferencesChanged,
     InvoicePaidOutOfBand,
     PaymentFailed,
     PaymentMethodUpdated,
+    PushSubscribed,
     SubscriptionCanceled,
+    SubscriptionUpdated,
 )
+from recobra.engine.messenger import DispatchReport, Messenger
 from recobra.engine.service import Engine, TickReport
 from recobra.ports import (
     CardRef,
@@ -106,6 +114,7 @@ class SimStats:
     churned: int = 0
     ticks: int = 0
     engine: TickReport = field(default_factory=TickReport)
+    messages: DispatchReport = field(default_factory=DispatchReport)
     start: datetime | None = None
     end: datetime | None = None
 
@@ -165,6 +174,7 @@ class Business:
         start: datetime,
         resolution: timedelta = timedelta(hours=1),
         behaviour: Behaviour | None = None,
+        messenger: Messenger | None = None,
     ) -> None:
         if customers < 1:
             raise ValueError("customers: must be at least 1")
@@ -174,6 +184,8 @@ class Business:
             raise ValueError("start: must be timezone-aware")
         self.engine = engine
         self.gateway = gateway
+        self.messenger = messenger
+        self.pending: list[Command] = []
         self.days = days
         self.start = start
         self.end = start + timedelta(days=days)
@@ -187,6 +199,8 @@ class Business:
         self.dunning: dict[str, int] = {}
         self._seq = 0
         self._populate(customers)
+        if messenger is not None:
+            self._introduce()
 
     # ------------------------------------------------------------ population
     def _populate(self, n: int) -> None:
@@ -202,6 +216,7 @@ class Business:
                 timezone=tz,
                 country=country,
                 name=f"Customer {i}",
+                phone=_phone(country, rng) if rng.random() < 0.6 else None,
                 created_at=since,
             )
             yearly = rng.random() < self.behaviour.annual_share
@@ -221,6 +236,46 @@ class Business:
             record.period = self._first_period(record)
             self.subs.append(record)
             heapq.heappush(self.renewals, (self._due(record), i))
+
+    def _subscription_updated(self, sub: _Sub, renews_at: datetime, at: datetime) -> SubscriptionUpdated:
+        self._seq += 1
+        subscription = replace(sub.subscription, renews_at=renews_at)
+        return SubscriptionUpdated(
+            f"evt_sub_{sub.index:06d}_{self._seq}", at, sub.customer, subscription, sub.method
+        )
+
+    def _introduce(self) -> None:
+        """Tell Recobra about every subscription, card and consent before anything fails,
+        as a billing system's webhooks would: pre-dunning reminders are planned from it."""
+        rng = self.rng
+        batch: list[Command] = []
+        for sub in self.subs:
+            at = self.start
+            batch.append(self._subscription_updated(sub, self._due(sub), at))
+            sms, voice = rng.random() < 0.4, rng.random() < 0.1
+            opt_in = rng.random() < 0.2
+            if (sub.customer.phone and (sms or voice)) or opt_in:
+                batch.append(
+                    ContactPreferencesChanged(
+                        f"evt_prefs_{sub.index:06d}",
+                        at,
+                        sub.customer.id,
+                        sms_consent=sms,
+                        voice_consent=voice,
+                        win_back_opt_in=opt_in,
+                    )
+                )
+            if rng.random() < 0.3:
+                endpoint = f"https://push.example.com/send/{sub.index:06d}"
+                subscription = json.dumps({"endpoint": endpoint, "keys": {"p256dh": "sim", "auth": "sim"}})
+                batch.append(
+                    PushSubscribed(f"evt_push_{sub.index:06d}", at, sub.customer.id, endpoint, subscription)
+                )
+            if len(batch) >= 2000:
+                self.engine.handle_many(batch)
+                batch = []
+        if batch:
+            self.engine.handle_many(batch)
 
     def _new_method(self, i: int, customer_id: str, n: int) -> PaymentMethod:
         rng = self.rng
@@ -272,6 +327,10 @@ class Business:
             due = self.engine.store.next_due_at()
             if due is not None:
                 candidates.append(due)
+            if self.messenger is not None:
+                message_due = self.engine.store.next_message_due_at()
+                if message_due is not None:
+                    candidates.append(message_due)
             now = min(max(min(candidates), now + self.resolution), self.end)
             self.step(now, engine_due=due)
             if progress:
@@ -284,7 +343,8 @@ class Business:
         ``engine_due`` is the store's earliest due time if the caller just read it.
         """
         self._sync()
-        commands: list[Command] = []
+        commands: list[Command] = self.pending
+        self.pending = []
         while self.renewals and self.renewals[0][0] <= now:
             due, i = heapq.heappop(self.renewals)
             failed = self._bill(self.subs[i], due)
@@ -303,6 +363,10 @@ class Business:
         if engine_due is not None and engine_due <= now:
             self.stats.engine.add(self.engine.tick(now))
             self.stats.ticks += 1
+        if self.messenger is not None:
+            message_due = self.engine.store.next_message_due_at()
+            if message_due is not None and message_due <= now:
+                self.stats.messages.add(self.messenger.dispatch(now))
 
     def _sync(self) -> None:
         """Learn from the processor which dunning subscriptions paid or were ended."""
@@ -333,6 +397,13 @@ class Business:
         sub.period += 1
         due = self._due(sub)
         heapq.heappush(self.renewals, (due, sub.index))
+        self._renewed(sub, due)
+
+    def _renewed(self, sub: _Sub, next_due: datetime) -> None:
+        """Annual plans tell Recobra their next renewal date (for renewal reminders)."""
+        if self.messenger is not None and sub.plan.interval is Interval.YEAR:
+            self._seq += 1
+            self.pending.append(self._subscription_updated(sub, next_due, next_due - timedelta(days=365)))
 
     def _bill(self, sub: _Sub, due: datetime) -> PaymentFailed | None:
         if sub.state != "active":
@@ -360,7 +431,9 @@ class Business:
         )
         if result.status is ChargeStatus.SUCCEEDED:
             sub.period += 1
-            heapq.heappush(self.renewals, (self._due(sub), sub.index))
+            next_due = self._due(sub)
+            heapq.heappush(self.renewals, (next_due, sub.index))
+            self._renewed(sub, next_due)
             return None
         stats.failed_invoices += 1
         sub.state, sub.invoice = "dunning", invoice_id
@@ -422,6 +495,18 @@ class Business:
         self.stats.paid_out_of_band += 1
         self._resume(sub)
         return InvoicePaidOutOfBand(f"evt_oob_{sub.invoice}", at, sub.invoice, "bank transfer")
+
+
+@lru_cache(maxsize=32)
+def _example_mobile(country: str) -> str:
+    number = phonenumbers.example_number_for_type(country, phonenumbers.PhoneNumberType.MOBILE)
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) if number else ""
+
+
+def _phone(country: str, rng: random.Random) -> str | None:
+    """A plausible mobile number of the country (its example number, last digits varied)."""
+    example = _example_mobile(country)
+    return example[:-4] + f"{rng.randint(0, 9999):04d}" if example else None
 
 
 def _card(method: PaymentMethod) -> CardRef:

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select
 from recobra.domain.case import CaseStatus, EventKind
 from recobra.domain.model import AttemptTrigger
 from recobra.sim.business import SimStats
-from recobra.store.tables import AttemptRow, CaseEventRow, CaseRow
+from recobra.store.tables import AttemptRow, CaseEventRow, CaseRow, MessageRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,12 @@ def build_report(engine: Engine, stats: SimStats, *, wall_seconds: float, settin
             ).all()
         )
         total_attempts = sum(attempt_counts.values())
+        messages = MessageRow.__table__
+        message_rows = conn.execute(
+            select(messages.c.kind, messages.c.channel, messages.c.status, func.count()).group_by(
+                messages.c.kind, messages.c.channel, messages.c.status
+            )
+        ).all()
         adjustments = (
             conn.scalar(
                 select(func.count())
@@ -118,6 +124,12 @@ def build_report(engine: Engine, stats: SimStats, *, wall_seconds: float, settin
         "final_actions": dict(sorted(finals.items())),
         "segments": dict(sorted(segments.items())),
         "network_rule_adjustments": adjustments,
+        "messages_sent": {
+            f"{kind}/{channel}": count
+            for kind, channel, status, count in sorted(message_rows)
+            if status == "sent"
+        },
+        "messages_by_status": dict(sorted(_status_totals(message_rows).items())),
         "customer_actions": {
             "card_updates": stats.card_updates,
             "cancellations": stats.cancellations,
@@ -128,3 +140,10 @@ def build_report(engine: Engine, stats: SimStats, *, wall_seconds: float, settin
         "invoices_per_second": round(stats.invoices / wall_seconds, 1) if wall_seconds else None,
     }
     return Report(data)
+
+
+def _status_totals(rows: list[Any]) -> Counter[str]:
+    totals: Counter[str] = Counter()
+    for _, _, status, count in rows:
+        totals[status] += count
+    return totals

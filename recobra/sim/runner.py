@@ -5,6 +5,7 @@ Shared by ``recobra simulate``, ``recobra demo`` and ``benchmarks/simulate_year.
 
 from __future__ import annotations
 
+import secrets
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,16 +15,30 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
-from recobra.bootstrap import build_engine, load_policies, open_store
+from recobra.bootstrap import build_engine, build_messenger, load_policies, open_store
+from recobra.channels.file import FileChannel
+from recobra.channels.in_app import InAppChannel
 from recobra.domain.errors import DomainError
+from recobra.domain.messages import ChannelKind
 from recobra.gateways.loader import GatewayLoadError, load_gateway
 from recobra.policyfile import PolicyError
+from recobra.ports import DeliveryResult, DeliveryStatus, OutgoingMessage
 from recobra.settings import Settings
 from recobra.sim.business import Business, ObservedGateway
 from recobra.sim.report import build_report
 from recobra.store.migrate import upgrade
 from recobra.store.sql import make_engine
 from recobra.store.tables import CaseRow
+
+
+class _Discard:
+    """Accepts every message and keeps nothing: for simulations that only count them
+    (the outbox still records each one)."""
+
+    kind = "discard"
+
+    def send(self, message: OutgoingMessage) -> DeliveryResult:
+        return DeliveryResult(DeliveryStatus.SENT, provider_id=message.key)
 
 
 class SimulationError(ValueError):
@@ -43,6 +58,8 @@ def run_simulation(
     resolution_minutes: int,
     show_progress: bool,
     progress_console: Console | None = None,
+    messages_dir: Path | None = None,
+    messages: bool = True,
 ) -> dict[str, Any]:
     """Simulate into an empty database and return the report as a dict."""
     if gateway == "simulated":
@@ -70,6 +87,16 @@ def run_simulation(
                 raise SimulationError(f"{database_url} already holds cases: simulate into an empty database")
         observed = ObservedGateway(inner)
         engine = build_engine(settings, store=store, gateway=observed, policies=policies)
+        messenger = None
+        if messages:
+            # The simulation's messages go to files (or nowhere but the outbox when no
+            # folder is given); its links are signed with a key made for this run.
+            sink = FileChannel(messages_dir) if messages_dir else _Discard()
+            channels = {kind: sink for kind in ChannelKind if kind is not ChannelKind.IN_APP}
+            channels[ChannelKind.IN_APP] = InAppChannel()
+            messenger = build_messenger(
+                settings, store, policies, channels=channels, link_secret=secrets.token_urlsafe(32)
+            )
         started = time.perf_counter()
         try:
             business = Business(
@@ -80,6 +107,7 @@ def run_simulation(
                 seed=seed,
                 start=start,
                 resolution=timedelta(minutes=resolution_minutes),
+                messenger=messenger,
             )
         except (ValueError, DomainError) as exc:
             raise SimulationError(str(exc)) from None

@@ -212,6 +212,9 @@ _UPDATE_MESSAGES = {
     )
     for release in (False, True)
 }
+_NEXT_MESSAGE_DUE = select(func.min(messages_t.c.due_at)).where(
+    messages_t.c.status == MessageStatus.SCHEDULED.value
+)
 _KNOWN_CUSTOMERS = select(customers_t.c.id).where(customers_t.c.id.in_(_ids))
 _UNSET_OTHER_DEFAULTS = (
     update(methods_t)
@@ -1041,6 +1044,11 @@ class SqlStore:
     def next_due_at(self) -> datetime | None:
         with self.engine.connect() as conn:
             value: datetime | None = conn.scalar(_NEXT_DUE)
+            return value
+
+    def next_message_due_at(self) -> datetime | None:
+        with self.engine.connect() as conn:
+            value: datetime | None = conn.scalar(_NEXT_MESSAGE_DUE)
             return value
 
     def dispose(self) -> None:
