@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=60, help="worker polling resolution, minutes")
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
     parser.add_argument("--profile", action="store_true", help="print the top 25 costs")
+    parser.add_argument(
+        "--messages", action="store_true", help="also plan, render and dispatch customer messages"
+    )
     args = parser.parse_args()
 
     tmp = None
@@ -69,6 +72,7 @@ def main() -> None:
         start=datetime(2026, 1, 1, tzinfo=UTC),
         resolution_minutes=args.resolution,
         show_progress=True,
+        messages=args.messages,
     )
     if profiler:
         profiler.disable()
@@ -82,6 +86,7 @@ def main() -> None:
         "cases_opened": report["cases_opened"],
         "attempts": report["attempts"],
         "recovery_rate": report["recovery_rate"],
+        "messages_sent": sum(report["messages_sent"].values()),
         "simulation_seconds": report["wall_seconds"],
         "invoices_per_second": report["invoices_per_second"],
         "total_seconds_with_setup_and_report": round(total, 2),

@@ -349,6 +349,18 @@ def _print_report(r: dict[str, Any]) -> None:
     for cat, counts in r["outcome_by_decline_category"].items():
         c.add_row(cat, *(f"{counts.get(s, 0):,}" for s in statuses))
     console.print(c)
+    if r.get("messages_sent"):
+        m = Table(title="Messages sent, by kind and channel", title_justify="left")
+        m.add_column("kind")
+        channels = sorted({k.split("/")[1] for k in r["messages_sent"]})
+        for ch in channels:
+            m.add_column(ch, justify="right")
+        kinds = sorted({k.split("/")[0] for k in r["messages_sent"]})
+        for kind in kinds:
+            m.add_row(kind, *(f"{r['messages_sent'].get(f'{kind}/{ch}', 0):,}" for ch in channels))
+        console.print(m)
+        statuses = ", ".join(f"{k}: {v:,}" for k, v in r["messages_by_status"].items())
+        console.print(f"Outbox: {statuses}")
 
 
 StartOpt = Annotated[str, typer.Option(help="Simulated start time (ISO 8601, with zone)")]
@@ -371,6 +383,10 @@ def simulate(
     start: StartOpt = "2026-01-01T00:00:00+00:00",
     resolution: Annotated[int, typer.Option(min=1, help="Worker polling resolution, minutes")] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object")] = False,
+    messages: Annotated[bool, typer.Option(help="Plan, render and send customer messages")] = True,
+    messages_dir: Annotated[
+        Path | None, typer.Option(help="Write every message sent to this folder (.eml, .txt, .json)")
+    ] = None,
 ) -> None:
     """Run a synthetic subscription business through the real engine and store."""
     extra = {}
@@ -395,6 +411,8 @@ def simulate(
             start=_parse_now(start),
             resolution_minutes=resolution,
             show_progress=not as_json or sys.stderr.isatty(),
+            messages=messages,
+            messages_dir=messages_dir,
         )
     finally:
         if tmp:
@@ -419,6 +437,7 @@ def demo(
     db_file = directory / "recobra.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db_file}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(directory / "messages", ignore_errors=True)
     url = f"sqlite:///{db_file}"
     console.rule("[bold]Recobra demo")
     console.print(
@@ -438,8 +457,12 @@ def demo(
         start=datetime(2026, 1, 1, tzinfo=UTC),
         resolution_minutes=30,
         show_progress=True,
+        messages_dir=directory / "messages",
     )
     _print_report(report)
+    console.print(
+        f"\nEvery message sent is in {directory / 'messages'} (.eml for email, .txt for SMS, voice, push)."
+    )
     console.print(f"\n[bold]What to try next[/] (the database is {db_file}):")
     env = f"RECOBRA_DATABASE_URL={url}"
     console.print(f"  {env} recobra cases list --status recovered     # cases and outcomes")

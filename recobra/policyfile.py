@@ -270,17 +270,7 @@ def parse_policy(text: str, source: str = "<policy>") -> LoadedPolicy:
             for kind, n in model.notifications
             if n is not None
         }
-        campaigns = tuple(
-            Campaign(
-                name=f"campaigns[{i}]",
-                kind=c.kind,
-                before=tuple(parse_duration(f"campaigns[{i}].before", b) for b in c.before),
-                channels=tuple(c.channels),
-                intervals=frozenset(c.intervals),
-                offer=c.offer,
-            )
-            for i, c in enumerate(model.campaigns)
-        )
+        campaigns = tuple(_campaign(i, c) for i, c in enumerate(model.campaigns))
         policy_set = PolicySet(
             model.name,
             model.version,
@@ -296,8 +286,28 @@ def parse_policy(text: str, source: str = "<policy>") -> LoadedPolicy:
         )
     except DomainError as exc:
         raise PolicyError(source, [(exc.field, exc.reason)]) from None
+    names = [c.name for c in model.campaigns]
+    if len(set(names)) != len(names):
+        raise PolicyError(source, [("campaigns", "campaign names must be unique (they key the reminders)")])
     checksum = hashlib.sha256(text.encode()).hexdigest()
     return LoadedPolicy(policy_set, text, checksum)
+
+
+def _campaign(index: int, c: CampaignModel) -> Campaign:
+    where = f"campaigns[{index}]"
+    try:
+        return Campaign(
+            name=c.name,
+            kind=c.kind,
+            before=tuple(parse_duration(f"{where}.before", b) for b in c.before),
+            channels=tuple(c.channels),
+            intervals=frozenset(c.intervals),
+            offer=c.offer,
+        )
+    except DomainError as exc:
+        # The domain names the campaign; the file's reader needs its position.
+        field = exc.field.removeprefix(c.name)
+        raise DomainError(f"{where}{field}", exc.reason) from None
 
 
 def _policy(name: str, pm: PolicyModel, where: str) -> RetryPolicy:

@@ -9,14 +9,20 @@ unless everything is valid: a batch with one bad event raises for the batch.
 Amounts are JSON integers of minor units (cents); never floats, strings or
 booleans. Every date-time carries a time zone. Card data is never accepted:
 a payment method is a gateway token plus what may be shown of the card.
+Phone numbers of incoming SMS are normalised to E.164; a browser's push
+subscription is checked and kept as canonical JSON.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, Self, TypeVar, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -29,9 +35,11 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from recobra.channels.phone import InvalidPhone, normalise_phone
 from recobra.domain.errors import DomainError
 from recobra.domain.model import (
     Customer,
@@ -47,11 +55,15 @@ from recobra.domain.model import (
 from recobra.domain.money import Money, normalise_currency
 from recobra.engine.commands import (
     Command,
+    ContactPreferencesChanged,
     InvoicePaidOutOfBand,
     PaymentFailed,
     PaymentMethodUpdated,
     PaymentSucceeded,
+    PushSubscribed,
+    SmsReceived,
     SubscriptionCanceled,
+    SubscriptionUpdated,
 )
 
 __all__ = [
@@ -69,11 +81,19 @@ EVENT_TYPES = (
     "payment_method_updated",
     "subscription_canceled",
     "invoice_paid_out_of_band",
+    "subscription_updated",
+    "contact_preferences_changed",
+    "sms_received",
+    "push_subscribed",
 )
 """Every accepted value of an event's ``type``."""
 
 MAX_MINOR_UNITS = 2**63 - 1
 """Largest amount accepted: what a signed 64-bit column holds."""
+MAX_SMS_BODY = 1600
+"""Longest SMS body accepted (characters): what SMS providers deliver as one message."""
+PREFERENCES = ("sms_consent", "voice_consent", "unsubscribed", "win_back_opt_in")
+"""The keys of ``contact_preferences_changed``, at least one of which is given."""
 
 _ROOT = "(event)"
 _JSON = "(json)"
@@ -284,6 +304,81 @@ def _is_card_key(key: object) -> bool:
     return k in _CARD_KEYS or ("card" in k and ("number" in k or k.endswith("no")))
 
 
+def _e164(value: str) -> str:
+    try:
+        return normalise_phone(value, default_region=None)
+    except InvalidPhone as exc:
+        raise PydanticCustomError(
+            "phone", "not a valid E.164 phone number: {reason}", {"reason": exc.reason}
+        ) from None
+
+
+E164Phone = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=32),
+    AfterValidator(_e164),
+    Field(description="E.164 phone number with its country code, e.g. +34600123456"),
+]
+
+
+def _https_url(value: str) -> str:
+    """An https URL with a host; the URL itself (a capability) is never echoed."""
+    if any(ch <= " " or ch == "\x7f" for ch in value):
+        raise PydanticCustomError("url", "must not contain whitespace or control characters", {})
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # raises ValueError for a malformed port
+    except ValueError:
+        raise PydanticCustomError("url", "not a valid URL", {}) from None
+    if parts.scheme.lower() != "https":
+        raise PydanticCustomError("url", "must be an https URL (the push service's endpoint)", {})
+    if not parts.hostname:
+        raise PydanticCustomError("url", "must be an https URL with a host", {})
+    return value
+
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+
+
+def _base64url(value: str) -> bytes:
+    if not _BASE64URL.fullmatch(value):
+        raise PydanticCustomError(
+            "base64url", "must be a base64url string (A-Z, a-z, 0-9, '-' and '_'; no spaces)", {}
+        )
+    data = value.rstrip("=")
+    try:
+        return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    except (ValueError, binascii.Error):
+        raise PydanticCustomError("base64url", "not valid base64url (wrong length)", {}) from None
+
+
+def _encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _p256dh(value: str) -> str:
+    key = _base64url(value)
+    if len(key) != 65 or key[0] != 4:
+        raise PydanticCustomError(
+            "p256dh",
+            "must be the browser's P-256 public key: an uncompressed point of 65 bytes, "
+            "base64url-encoded (got {size} bytes)",
+            {"size": len(key)},
+        )
+    return _encode(key)
+
+
+def _auth(value: str) -> str:
+    secret = _base64url(value)
+    if len(secret) != 16:
+        raise PydanticCustomError(
+            "auth",
+            "must be the browser's 16-byte authentication secret, base64url-encoded (got {size} bytes)",
+            {"size": len(secret)},
+        )
+    return _encode(secret)
+
+
 # --- the JSON shape -------------------------------------------------------------------
 
 
@@ -315,13 +410,16 @@ class PlanIn(_Model):
 
 
 class SubscriptionIn(_Model):
-    """The subscription the failed invoice belongs to."""
+    """A subscription: the one a failed invoice belongs to, or one that was updated."""
 
     id: Id
     status: SubscriptionStatus
     started_at: AwareDatetime
     plan: PlanIn
     customer_id: Id | None = Field(default=None, description="defaults to customer.id")
+    renews_at: AwareDatetime | None = Field(
+        default=None, description="end of the current period (the next renewal), if known"
+    )
 
 
 class InvoiceIn(_Model):
@@ -367,6 +465,55 @@ class UpdatedPaymentMethodIn(_CardIn):
 
     customer_id: Id
     is_default: StrictBool = True
+
+
+class SubscriptionPaymentMethodIn(_CardIn):
+    """The card a subscription is charged to."""
+
+    customer_id: Id | None = Field(default=None, description="defaults to customer.id")
+    is_default: StrictBool = True
+
+
+class PushKeysIn(_Model):
+    """The subscription's encryption keys (RFC 8291), base64url as the browser sends them."""
+
+    p256dh: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=200),
+        AfterValidator(_p256dh),
+        Field(description="the browser's P-256 public key (65 bytes, base64url)"),
+    ]
+    auth: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=64),
+        AfterValidator(_auth),
+        Field(description="the browser's authentication secret (16 bytes, base64url)"),
+    ]
+
+
+class PushSubscriptionIn(_Model):
+    """A browser's push subscription: what ``PushSubscription.toJSON()`` returns."""
+
+    endpoint: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=1000),
+        AfterValidator(_https_url),
+        Field(description="the push service's https URL for this browser"),
+    ]
+    expirationTime: StrictInt | None = Field(  # the browser's own key (camelCase)
+        default=None, ge=0, description="when the subscription expires (ms since the epoch), if ever"
+    )
+    keys: PushKeysIn
+
+    def canonical(self) -> str:
+        """Compact JSON with sorted keys: the same subscription is always the same text."""
+        data: dict[str, object] = {
+            "endpoint": self.endpoint,
+            "keys": {"p256dh": self.keys.p256dh, "auth": self.keys.auth},
+        }
+        if self.expirationTime is not None:
+            data["expirationTime"] = self.expirationTime
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class DeclineIn(_Model):
@@ -430,12 +577,74 @@ class InvoicePaidOutOfBandEvent(_Model):
     note: Text | None = None
 
 
+class SubscriptionUpdatedEvent(_Model):
+    """The billing system's view of a subscription (created, renewed, card changed)."""
+
+    type: Literal["subscription_updated"]
+    id: EventId
+    occurred_at: AwareDatetime
+    customer: CustomerIn
+    subscription: SubscriptionIn
+    payment_method: SubscriptionPaymentMethodIn | None = None
+
+
+class ContactPreferencesChangedEvent(_Model):
+    """Consent and opt-outs given by the customer; an absent (or null) key is unchanged."""
+
+    type: Literal["contact_preferences_changed"]
+    id: EventId
+    occurred_at: AwareDatetime
+    customer_id: Id
+    sms_consent: StrictBool | None = None
+    voice_consent: StrictBool | None = None
+    unsubscribed: StrictBool | None = None
+    win_back_opt_in: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _something_changed(self) -> Self:
+        if all(getattr(self, name) is None for name in PREFERENCES):
+            raise PydanticCustomError(
+                "preferences",
+                "changes nothing: give at least one of {keys} (true or false)",
+                {"keys": ", ".join(PREFERENCES)},
+            )
+        return self
+
+
+class SmsReceivedEvent(_Model):
+    """A customer's SMS reply, from the SMS provider's webhook."""
+
+    type: Literal["sms_received"]
+    id: EventId
+    occurred_at: AwareDatetime
+    phone: E164Phone
+    body: Annotated[
+        str,
+        StringConstraints(max_length=MAX_SMS_BODY),
+        Field(description="the message text as received"),
+    ]
+
+
+class PushSubscribedEvent(_Model):
+    """A customer's browser subscribed to web push."""
+
+    type: Literal["push_subscribed"]
+    id: EventId
+    occurred_at: AwareDatetime
+    customer_id: Id
+    subscription: PushSubscriptionIn
+
+
 _EventModel = (
     PaymentFailedEvent
     | PaymentSucceededEvent
     | PaymentMethodUpdatedEvent
     | SubscriptionCanceledEvent
     | InvoicePaidOutOfBandEvent
+    | SubscriptionUpdatedEvent
+    | ContactPreferencesChangedEvent
+    | SmsReceivedEvent
+    | PushSubscribedEvent
 )
 Event = Annotated[_EventModel, Field(discriminator="type")]
 """One incoming event: a union discriminated by ``type``."""
@@ -446,6 +655,10 @@ _EVENT_MODELS: dict[str, type[_Model]] = {
     "payment_method_updated": PaymentMethodUpdatedEvent,
     "subscription_canceled": SubscriptionCanceledEvent,
     "invoice_paid_out_of_band": InvoicePaidOutOfBandEvent,
+    "subscription_updated": SubscriptionUpdatedEvent,
+    "contact_preferences_changed": ContactPreferencesChangedEvent,
+    "sms_received": SmsReceivedEvent,
+    "push_subscribed": PushSubscribedEvent,
 }
 _ADAPTER: TypeAdapter[_EventModel] = TypeAdapter(Event)
 
@@ -556,9 +769,8 @@ class _Builder:
         return expected
 
 
-def _payment_failed(event: PaymentFailedEvent, b: _Builder) -> PaymentFailed | None:
-    c, inv, pm, sub = event.customer, event.invoice, event.payment_method, event.subscription
-    customer = b.build(
+def _customer(c: CustomerIn, b: _Builder) -> Customer | None:
+    return b.build(
         "customer",
         lambda: Customer(
             id=c.id,
@@ -571,27 +783,51 @@ def _payment_failed(event: PaymentFailedEvent, b: _Builder) -> PaymentFailed | N
             created_at=c.created_at,
         ),
     )
-    subscription: Subscription | None = None
-    if sub is not None:
-        p = sub.plan
-        sub_customer = b.same("subscription.customer_id", sub.customer_id, c.id, "customer.id")
-        plan = b.build(
-            "subscription.plan",
-            lambda: Plan(
-                id=p.id, name=p.name, interval=p.interval, price=Money.of(p.amount_minor, p.currency)
-            ),
-        )
-        if plan is not None:
-            subscription = b.build(
-                "subscription",
-                lambda: Subscription(
-                    id=sub.id,
-                    customer_id=sub_customer,
-                    plan=plan,
-                    status=sub.status,
-                    started_at=sub.started_at,
-                ),
-            )
+
+
+def _subscription(sub: SubscriptionIn, customer_id: str, b: _Builder) -> Subscription | None:
+    p = sub.plan
+    sub_customer = b.same("subscription.customer_id", sub.customer_id, customer_id, "customer.id")
+    plan = b.build(
+        "subscription.plan",
+        lambda: Plan(id=p.id, name=p.name, interval=p.interval, price=Money.of(p.amount_minor, p.currency)),
+    )
+    if plan is None:
+        return None
+    return b.build(
+        "subscription",
+        lambda: Subscription(
+            id=sub.id,
+            customer_id=sub_customer,
+            plan=plan,
+            status=sub.status,
+            started_at=sub.started_at,
+            renews_at=sub.renews_at,
+        ),
+    )
+
+
+def _method(pm: _CardIn, customer_id: str, b: _Builder, *, is_default: bool = True) -> PaymentMethod | None:
+    return b.build(
+        "payment_method",
+        lambda: PaymentMethod(
+            id=pm.id,
+            customer_id=customer_id,
+            gateway_token=pm.gateway_token,
+            brand=pm.brand,
+            last4=pm.last4,
+            exp_month=pm.exp_month,
+            exp_year=pm.exp_year,
+            funding=pm.funding,
+            is_default=is_default,
+        ),
+    )
+
+
+def _payment_failed(event: PaymentFailedEvent, b: _Builder) -> PaymentFailed | None:
+    c, inv, pm, sub = event.customer, event.invoice, event.payment_method, event.subscription
+    customer = _customer(c, b)
+    subscription = None if sub is None else _subscription(sub, c.id, b)
     inv_customer = b.same("invoice.customer_id", inv.customer_id, c.id, "customer.id")
     inv_subscription = inv.subscription_id
     if sub is not None:
@@ -608,19 +844,7 @@ def _payment_failed(event: PaymentFailedEvent, b: _Builder) -> PaymentFailed | N
         ),
     )
     pm_customer = b.same("payment_method.customer_id", pm.customer_id, c.id, "customer.id")
-    method = b.build(
-        "payment_method",
-        lambda: PaymentMethod(
-            id=pm.id,
-            customer_id=pm_customer,
-            gateway_token=pm.gateway_token,
-            brand=pm.brand,
-            last4=pm.last4,
-            exp_month=pm.exp_month,
-            exp_year=pm.exp_year,
-            funding=pm.funding,
-        ),
-    )
+    method = _method(pm, pm_customer, b)
     if customer is None or invoice is None or method is None or b.problems:
         return None
     decline = event.decline or DeclineIn()
@@ -638,6 +862,19 @@ def _payment_failed(event: PaymentFailedEvent, b: _Builder) -> PaymentFailed | N
     )
 
 
+def _subscription_updated(event: SubscriptionUpdatedEvent, b: _Builder) -> SubscriptionUpdated | None:
+    c, pm = event.customer, event.payment_method
+    customer = _customer(c, b)
+    subscription = _subscription(event.subscription, c.id, b)
+    method: PaymentMethod | None = None
+    if pm is not None:
+        pm_customer = b.same("payment_method.customer_id", pm.customer_id, c.id, "customer.id")
+        method = _method(pm, pm_customer, b, is_default=pm.is_default)
+    if customer is None or subscription is None or b.problems:
+        return None
+    return SubscriptionUpdated(event.id, event.occurred_at, customer, subscription, method)
+
+
 def _command(event: _EventModel, b: _Builder) -> Command | None:
     if isinstance(event, PaymentFailedEvent):
         return _payment_failed(event, b)
@@ -645,24 +882,28 @@ def _command(event: _EventModel, b: _Builder) -> Command | None:
         return PaymentSucceeded(event.id, event.occurred_at, event.invoice_id, event.gateway_reference)
     if isinstance(event, PaymentMethodUpdatedEvent):
         pm = event.payment_method
-        method = b.build(
-            "payment_method",
-            lambda: PaymentMethod(
-                id=pm.id,
-                customer_id=pm.customer_id,
-                gateway_token=pm.gateway_token,
-                brand=pm.brand,
-                last4=pm.last4,
-                exp_month=pm.exp_month,
-                exp_year=pm.exp_year,
-                funding=pm.funding,
-                is_default=pm.is_default,
-            ),
-        )
+        method = _method(pm, pm.customer_id, b, is_default=pm.is_default)
         return None if method is None else PaymentMethodUpdated(event.id, event.occurred_at, method)
     if isinstance(event, SubscriptionCanceledEvent):
         return SubscriptionCanceled(event.id, event.occurred_at, event.subscription_id, event.reason or "")
-    return InvoicePaidOutOfBand(event.id, event.occurred_at, event.invoice_id, event.note or "")
+    if isinstance(event, InvoicePaidOutOfBandEvent):
+        return InvoicePaidOutOfBand(event.id, event.occurred_at, event.invoice_id, event.note or "")
+    if isinstance(event, SubscriptionUpdatedEvent):
+        return _subscription_updated(event, b)
+    if isinstance(event, ContactPreferencesChangedEvent):
+        return ContactPreferencesChanged(
+            event.id,
+            event.occurred_at,
+            event.customer_id,
+            sms_consent=event.sms_consent,
+            voice_consent=event.voice_consent,
+            unsubscribed=event.unsubscribed,
+            win_back_opt_in=event.win_back_opt_in,
+        )
+    if isinstance(event, SmsReceivedEvent):
+        return SmsReceived(event.id, event.occurred_at, event.phone, event.body)
+    sub = event.subscription
+    return PushSubscribed(event.id, event.occurred_at, event.customer_id, sub.endpoint, sub.canonical())
 
 
 # --- public API -----------------------------------------------------------------------

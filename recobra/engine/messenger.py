@@ -116,6 +116,9 @@ class Messenger:
         """Send everything due at ``now``, in batches."""
         now = require_aware("now", now).astimezone(UTC)
         report = DispatchReport()
+        with self.store.unit_of_work() as uow:
+            report.reaped = uow.reap_messages(now)
+            uow.commit()
         while True:
             batch = self._dispatch_batch(now)
             report.add(batch)
@@ -126,7 +129,6 @@ class Messenger:
         report = DispatchReport()
         sends: list[_Send] = []
         with self.store.unit_of_work() as uow:
-            report.reaped = uow.reap_messages(now)
             ids = uow.claim_due_messages(
                 now, limit=self.batch_size, worker_id=self.worker_id, lease=self.lease
             )

@@ -187,7 +187,8 @@ class MessageRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     channel: Mapped[str] = mapped_column(String(16))
     step: Mapped[str] = mapped_column(String(120))
-    status: Mapped[str] = mapped_column(String(16))
+    # Indexed for the reaper, which looks for the rare 'sending' rows.
+    status: Mapped[str] = mapped_column(String(16), index=True)
     # Like cases' timers: set while the message waits, NULL once it is settled.
     due_at: Mapped[datetime | None] = mapped_column(index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -17,11 +17,15 @@ from hypothesis import strategies as st
 from recobra.domain.model import Funding, Interval, InvoiceStatus, SubscriptionStatus
 from recobra.domain.money import Money
 from recobra.engine.commands import (
+    ContactPreferencesChanged,
     InvoicePaidOutOfBand,
     PaymentFailed,
     PaymentMethodUpdated,
     PaymentSucceeded,
+    PushSubscribed,
+    SmsReceived,
     SubscriptionCanceled,
+    SubscriptionUpdated,
 )
 from recobra.schemas import (
     EVENT_TYPES,
@@ -91,7 +95,61 @@ PAID_OUT_OF_BAND: dict[str, Any] = {
     "invoice_id": "in_1",
     "note": "bank transfer",
 }
-EXAMPLES = [FAILED, SUCCEEDED, METHOD_UPDATED, CANCELED, PAID_OUT_OF_BAND]
+SUB_UPDATED: dict[str, Any] = {
+    "id": "evt_128",
+    "type": "subscription_updated",
+    "occurred_at": "2026-10-01T00:00:00Z",
+    "customer": {"id": "cus_1", "email": "ana@example.com", "locale": "es",
+                 "timezone": "America/Bogota", "country": "CO"},
+    "subscription": {
+        "id": "sub_2", "status": "active", "started_at": "2025-11-01T00:00:00Z",
+        "renews_at": "2026-11-01T00:00:00-05:00",
+        "plan": {"id": "pro_year", "name": "Pro (annual)", "interval": "year",
+                 "amount_minor": 49000, "currency": "USD"},
+    },
+    "payment_method": {
+        "id": "pm_1", "gateway_token": "tok_abc", "brand": "visa", "last4": "4242",
+        "exp_month": 10, "exp_year": 2026, "funding": "credit",
+    },
+}  # fmt: skip
+PREFERENCES: dict[str, Any] = {
+    "id": "evt_129",
+    "type": "contact_preferences_changed",
+    "occurred_at": "2026-11-03T09:00:00Z",
+    "customer_id": "cus_1",
+    "sms_consent": True,
+    "voice_consent": False,
+    "unsubscribed": False,
+    "win_back_opt_in": True,
+}
+SMS: dict[str, Any] = {
+    "id": "evt_130",
+    "type": "sms_received",
+    "occurred_at": "2026-11-03T09:05:00Z",
+    "phone": "+57 300 123 4567",
+    "body": "STOP",
+}
+P256DH = "BPtQOI8pSY0Kk60l7Ew0A3udPMPMpHh-tv7aviswA-rIn3dlyp1iiOb_c09c0I86WSHPVLIbs5i1CsDSV3-gdHI"
+AUTH = "ZGVmZ2hpamtsbW5vcHFycw"
+ENDPOINT = "https://push.example.net/send/abc123"
+PUSH: dict[str, Any] = {
+    "id": "evt_131",
+    "type": "push_subscribed",
+    "occurred_at": "2026-11-03T09:10:00Z",
+    "customer_id": "cus_1",
+    "subscription": {"endpoint": ENDPOINT, "expirationTime": None, "keys": {"p256dh": P256DH, "auth": AUTH}},
+}
+EXAMPLES = [
+    FAILED,
+    SUCCEEDED,
+    METHOD_UPDATED,
+    CANCELED,
+    PAID_OUT_OF_BAND,
+    SUB_UPDATED,
+    PREFERENCES,
+    SMS,
+    PUSH,
+]
 
 
 def ev(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -298,6 +356,165 @@ def test_invoice_paid_out_of_band() -> None:
     at = datetime(2026, 11, 6, 12, tzinfo=timezone(timedelta(hours=1)))
     assert parse_event(PAID_OUT_OF_BAND) == InvoicePaidOutOfBand("evt_127", at, "in_1", "bank transfer")
     assert parse_event(ev(PAID_OUT_OF_BAND, note=DELETE)) == InvoicePaidOutOfBand("evt_127", at, "in_1", "")
+
+
+def test_payment_failed_takes_an_optional_renews_at() -> None:
+    command = parse_event(ev(FAILED, subscription__renews_at="2026-12-01T00:00:00+01:00"))
+    assert isinstance(command, PaymentFailed)
+    assert command.subscription is not None
+    assert command.subscription.renews_at == datetime(2026, 11, 30, 23, tzinfo=UTC)
+
+    without = parse_event(FAILED)
+    assert isinstance(without, PaymentFailed)
+    assert without.subscription is not None
+    assert without.subscription.renews_at is None
+
+
+def test_subscription_updated_maps_every_field() -> None:
+    command = parse_event(SUB_UPDATED)
+
+    assert isinstance(command, SubscriptionUpdated)
+    assert command.event_id == "evt_128"
+    assert command.occurred_at == datetime(2026, 10, 1, tzinfo=UTC)
+    c = command.customer
+    assert (c.id, c.email, c.locale, c.timezone, c.country) == (
+        "cus_1",
+        "ana@example.com",
+        "es",
+        "America/Bogota",
+        "CO",
+    )
+    sub = command.subscription
+    assert (sub.id, sub.customer_id, sub.status) == ("sub_2", "cus_1", SubscriptionStatus.ACTIVE)
+    assert sub.started_at == datetime(2025, 11, 1, tzinfo=UTC)
+    assert sub.renews_at == datetime(2026, 11, 1, 5, tzinfo=UTC)
+    assert (sub.plan.id, sub.plan.interval, sub.plan.price) == (
+        "pro_year",
+        Interval.YEAR,
+        Money(49000, "USD"),
+    )
+    pm = command.payment_method
+    assert pm is not None
+    assert (pm.id, pm.customer_id, pm.gateway_token, pm.brand, pm.last4) == (
+        "pm_1",
+        "cus_1",
+        "tok_abc",
+        "visa",
+        "4242",
+    )
+    assert (pm.exp_month, pm.exp_year, pm.funding, pm.is_default) == (10, 2026, Funding.CREDIT, True)
+
+
+def test_subscription_updated_minimal_uses_defaults() -> None:
+    data = ev(
+        SUB_UPDATED,
+        customer={"id": "cus_9", "email": "bo@example.com"},
+        subscription__renews_at=DELETE,
+        payment_method=DELETE,
+    )
+
+    command = parse_event(data)
+
+    assert isinstance(command, SubscriptionUpdated)
+    assert (command.customer.locale, command.customer.timezone, command.customer.country) == (
+        "en",
+        "UTC",
+        "US",
+    )
+    assert command.subscription.customer_id == "cus_9"
+    assert command.subscription.renews_at is None
+    assert command.payment_method is None
+    assert parse_event(ev(data, payment_method=None)) == command
+
+
+def test_subscription_updated_payment_method_options() -> None:
+    command = parse_event(
+        ev(
+            SUB_UPDATED,
+            subscription__customer_id="cus_1",
+            payment_method__customer_id="cus_1",
+            payment_method__is_default=False,
+            payment_method__funding=DELETE,
+        )
+    )
+
+    assert isinstance(command, SubscriptionUpdated)
+    assert command.payment_method is not None
+    assert command.payment_method.customer_id == "cus_1"
+    assert command.payment_method.is_default is False
+    assert command.payment_method.funding is Funding.UNKNOWN
+
+
+def test_contact_preferences_changed() -> None:
+    command = parse_event(PREFERENCES)
+
+    assert command == ContactPreferencesChanged(
+        event_id="evt_129",
+        occurred_at=datetime(2026, 11, 3, 9, tzinfo=UTC),
+        customer_id="cus_1",
+        sms_consent=True,
+        voice_consent=False,
+        unsubscribed=False,
+        win_back_opt_in=True,
+    )
+
+
+@pytest.mark.parametrize("given", ["sms_consent", "voice_consent", "unsubscribed", "win_back_opt_in"])
+def test_contact_preferences_absent_or_null_mean_unchanged(given: str) -> None:
+    others = dict.fromkeys(("sms_consent", "voice_consent", "unsubscribed", "win_back_opt_in"), DELETE)
+    others[given] = False
+    data = ev(PREFERENCES, **others)
+    expected = ContactPreferencesChanged(
+        "evt_129", datetime(2026, 11, 3, 9, tzinfo=UTC), "cus_1", **{given: False}
+    )
+
+    assert parse_event(data) == expected
+    nulls = {key: None for key in others if key != given}
+    assert parse_event(ev(data, **nulls)) == expected
+
+
+def test_sms_received_normalises_the_phone_to_e164() -> None:
+    command = parse_event(SMS)
+
+    assert command == SmsReceived("evt_130", datetime(2026, 11, 3, 9, 5, tzinfo=UTC), "+573001234567", "STOP")
+
+
+@pytest.mark.parametrize("body", ["", " stop please\n", "ñ" * 1600, "Sí 👍"])
+def test_sms_body_is_kept_as_sent(body: str) -> None:
+    command = parse_event(ev(SMS, body=body))
+
+    assert isinstance(command, SmsReceived)
+    assert command.body == body
+
+
+def test_push_subscribed_keeps_canonical_json() -> None:
+    command = parse_event(PUSH)
+
+    assert isinstance(command, PushSubscribed)
+    assert (command.event_id, command.customer_id, command.endpoint) == ("evt_131", "cus_1", ENDPOINT)
+    assert command.occurred_at == datetime(2026, 11, 3, 9, 10, tzinfo=UTC)
+    assert command.subscription == (
+        f'{{"endpoint":"{ENDPOINT}","keys":{{"auth":"{AUTH}","p256dh":"{P256DH}"}}}}'
+    )
+    assert json.loads(command.subscription) == {
+        "endpoint": ENDPOINT,
+        "keys": {"p256dh": P256DH, "auth": AUTH},
+    }
+
+
+def test_push_subscription_is_canonical_whatever_the_key_order_and_padding() -> None:
+    reordered = ev(
+        PUSH, subscription={"keys": {"auth": AUTH + "==", "p256dh": P256DH + "="}, "endpoint": ENDPOINT}
+    )
+    assert parse_event(reordered) == parse_event(PUSH)
+
+
+def test_push_subscription_keeps_a_given_expiration_time() -> None:
+    command = parse_event(ev(PUSH, subscription__expirationTime=1798761600000))
+
+    assert isinstance(command, PushSubscribed)
+    assert json.loads(command.subscription)["expirationTime"] == 1798761600000
+    assert command.subscription.index('"expirationTime"') < command.subscription.index('"keys"')
 
 
 def test_every_event_type_has_an_example() -> None:
@@ -514,6 +731,7 @@ def test_currency_must_be_iso_4217(currency: object) -> None:
         ("customer__created_at", "2025-01-01T00:00:00"),
         ("subscription__started_at", "2025-01-01 00:00:00"),
         ("invoice__created_at", "2026-11-01T10:00:00.123"),
+        ("subscription__renews_at", "2026-12-01T00:00:00"),
     ],
 )
 def test_datetimes_must_carry_a_time_zone(path: str, value: str) -> None:
@@ -588,6 +806,11 @@ def test_other_ids_are_limited_to_128(event: dict[str, Any], path: str) -> None:
         (FAILED, "payment_method__last4"), (FAILED, "subscription__plan__interval"),
         (SUCCEEDED, "invoice_id"), (METHOD_UPDATED, "payment_method__customer_id"),
         (CANCELED, "subscription_id"), (PAID_OUT_OF_BAND, "invoice_id"),
+        (SUB_UPDATED, "customer"), (SUB_UPDATED, "subscription"), (SUB_UPDATED, "customer__email"),
+        (SUB_UPDATED, "subscription__plan"), (SUB_UPDATED, "payment_method__gateway_token"),
+        (PREFERENCES, "customer_id"), (SMS, "phone"), (SMS, "body"), (PUSH, "customer_id"),
+        (PUSH, "subscription"), (PUSH, "subscription__endpoint"), (PUSH, "subscription__keys"),
+        (PUSH, "subscription__keys__p256dh"), (PUSH, "subscription__keys__auth"),
     ],
 )  # fmt: skip
 def test_required_keys(event: dict[str, Any], key: str) -> None:
@@ -789,6 +1012,202 @@ def test_error_message_lists_each_problem() -> None:
     assert isinstance(info.value, ValueError)
 
 
+# --- bad input of the newer types ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("customer__email", "ana"),
+        ("customer__timezone", "Mars/Olympus"),
+        ("subscription__status", "trialing"),
+        ("subscription__started_at", "2025-11-01T00:00:00"),
+        ("subscription__renews_at", "2026-11-01T00:00:00"),
+        ("subscription__renews_at", 1798761600),
+        ("subscription__plan__amount_minor", 490.0),
+        ("subscription__plan__currency", "XYZ"),
+        ("payment_method__last4", "42"),
+        ("payment_method__exp_month", "10"),
+        ("payment_method__exp_year", 26),
+        ("payment_method__is_default", "yes"),
+        ("payment_method__is_default", 1),
+        ("payment_method__funding", "charge"),
+        ("payment_method", "pm_1"),
+        ("subscription", None),
+    ],
+)
+def test_subscription_updated_bad_values_name_their_field(path: str, value: object) -> None:
+    assert fields(problems_of(ev(SUB_UPDATED, **{path: value}))) == [path.replace("__", ".")]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [("payment_method__customer_id", "cus_2"), ("subscription__customer_id", "cus_2")],
+)
+def test_subscription_updated_ids_must_agree_with_the_customer(path: str, value: str) -> None:
+    [(field, reason)] = problems_of(ev(SUB_UPDATED, **{path: value}))
+    assert field == path.replace("__", ".")
+    assert reason == "must equal customer.id ('cus_1') if given"
+
+
+def test_subscription_updated_unknown_key_lists_the_payment_method_keys() -> None:
+    [(field, reason)] = problems_of(ev(SUB_UPDATED, payment_method__default=True))
+    assert field == "payment_method.default"
+    assert reason.startswith("unknown key; expected one of: ")
+    assert "is_default" in reason
+    assert "customer_id" in reason
+
+
+@pytest.mark.parametrize("key", ["card_number", "cvc"])
+def test_subscription_updated_rejects_card_data(key: str) -> None:
+    secret = "4242424242424242" if key == "card_number" else "123"
+    with pytest.raises(EventError) as info:
+        parse_event(ev(SUB_UPDATED, **{f"payment_method__{key}": secret}))
+    [(field, reason)] = info.value.problems
+    assert field == f"payment_method.{key}"
+    assert reason.startswith("card data is never accepted")
+    assert secret not in str(info.value)
+
+
+def test_subscription_updated_card_number_as_token_is_rejected() -> None:
+    [(field, reason)] = problems_of(ev(SUB_UPDATED, payment_method__gateway_token="4242424242424242"))
+    assert field == "payment_method.gateway_token"
+    assert "card data is never accepted" in reason
+
+
+def test_subscription_updated_reports_several_problems() -> None:
+    problems = problems_of(
+        ev(SUB_UPDATED, customer__email="x", payment_method__last4="1", payment_method__customer_id="cus_2")
+    )
+    assert sorted(fields(problems)) == [
+        "customer.email",
+        "payment_method.customer_id",
+        "payment_method.last4",
+    ]
+
+
+@pytest.mark.parametrize("value", ["true", 1, 0, "no", [True], {}])
+@pytest.mark.parametrize("key", ["sms_consent", "voice_consent", "unsubscribed", "win_back_opt_in"])
+def test_contact_preferences_are_strict_booleans(key: str, value: object) -> None:
+    [(field, _)] = problems_of(ev(PREFERENCES, **{key: value}))
+    assert field == key
+
+
+def test_contact_preferences_must_change_something() -> None:
+    nothing = ev(
+        PREFERENCES, sms_consent=DELETE, voice_consent=DELETE, unsubscribed=DELETE, win_back_opt_in=DELETE
+    )
+    [(field, reason)] = problems_of(nothing)
+    assert field == "(event)"
+    assert reason.startswith("changes nothing: give at least one of sms_consent, voice_consent")
+    assert fields(problems_of(ev(nothing, sms_consent=None, unsubscribed=None))) == ["(event)"]
+    with pytest.raises(EventError) as info:
+        parse_events([PREFERENCES, nothing])
+    assert fields(info.value.problems) == ["events[1]"]
+
+
+def test_contact_preferences_unknown_key_lists_the_keys() -> None:
+    [(field, reason)] = problems_of(ev(PREFERENCES, email_consent=True))
+    assert field == "email_consent"
+    assert "win_back_opt_in" in reason
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("3001234567", "no country code"),
+        ("call me", "not a phone number"),
+        ("+99912", "unknown country code"),
+        ("+57 300", "too short"),
+        ("+1 555 000 0000", "not a valid number"),
+        ("", "at least 1 character"),
+        ("+" + "1" * 40, "at most 32 characters"),
+    ],
+)
+def test_sms_phone_must_be_e164(value: str, needle: str) -> None:
+    [(field, reason)] = problems_of(ev(SMS, phone=value))
+    assert field == "phone"
+    assert needle in reason
+
+
+@pytest.mark.parametrize("value", [573001234567, None, ["+573001234567"]])
+def test_sms_phone_must_be_a_string(value: object) -> None:
+    assert fields(problems_of(ev(SMS, phone=value))) == ["phone"]
+
+
+@pytest.mark.parametrize("value", ["x" * 1601, None, 5])
+def test_sms_body_is_a_string_of_at_most_1600_characters(value: object) -> None:
+    assert fields(problems_of(ev(SMS, body=value))) == ["body"]
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("http://push.example.net/send/abc123", "must be an https URL"),
+        ("push.example.net/send/abc123", "must be an https URL"),
+        ("https:///send/abc123", "with a host"),
+        ("https://push.example.net/send/ abc", "whitespace"),
+        ("https://push.example.net:99999/send", "not a valid URL"),
+        ("", "at least 1 character"),
+        ("https://push.example.net/" + "a" * 1000, "at most 1000 characters"),
+    ],
+)
+def test_push_endpoint_must_be_https(value: str, needle: str) -> None:
+    with pytest.raises(EventError) as info:
+        parse_event(ev(PUSH, subscription__endpoint=value))
+    [(field, reason)] = info.value.problems
+    assert field == "subscription.endpoint"
+    assert needle in reason
+    if value:
+        assert value not in str(info.value)  # an endpoint is a capability: never echoed
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("p256dh", P256DH.replace("-", "+"), "base64url"),
+        ("p256dh", P256DH[:40] + "/" + P256DH[41:], "base64url"),
+        ("p256dh", P256DH + " ", "base64url"),
+        ("p256dh", P256DH[:-2], "wrong length"),
+        ("p256dh", P256DH[:-4], "65 bytes"),
+        ("p256dh", "A" + P256DH[1:], "65 bytes"),
+        ("p256dh", "", "at least 1 character"),
+        ("auth", AUTH + "AAAA", "16-byte"),
+        ("auth", "a.b", "base64url"),
+        ("auth", "=" * 4, "base64url"),
+    ],
+)
+def test_push_keys_must_be_base64url_of_the_right_size(key: str, value: str, needle: str) -> None:
+    [(field, reason)] = problems_of(ev(PUSH, **{f"subscription__keys__{key}": value}))
+    assert field == f"subscription.keys.{key}"
+    assert needle in reason
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("subscription__keys__p256dh", 5),
+        ("subscription__keys__auth", None),
+        ("subscription__keys", [P256DH, AUTH]),
+        ("subscription__expirationTime", "soon"),
+        ("subscription__expirationTime", -1),
+        ("subscription__expirationTime", 1.5),
+        ("subscription__keys__aes128gcm", "x"),
+        ("subscription__endpoint_url", ENDPOINT),
+        ("customer_id", ""),
+    ],
+)
+def test_push_subscription_bad_values_name_their_field(path: str, value: object) -> None:
+    assert fields(problems_of(ev(PUSH, **{path: value}))) == [path.replace("__", ".")]
+
+
+def test_push_subscription_must_be_an_object_not_its_json_text() -> None:
+    text = json.dumps(PUSH["subscription"])
+    assert problems_of(ev(PUSH, subscription=text)) == [
+        ("subscription", "must be a JSON object, not a string")
+    ]
+
+
 # --- JSON Schema --------------------------------------------------------------------------
 
 
@@ -808,6 +1227,8 @@ def test_json_schema_is_a_discriminated_union_of_every_type() -> None:
     assert invoice["amount_minor"]["type"] == "integer"
     assert invoice["amount_minor"]["minimum"] == 0
     assert invoice["created_at"]["format"] == "date-time"
+    assert "renews_at" in defs["SubscriptionIn"]["properties"]
+    assert sorted(defs["PushKeysIn"]["required"]) == ["auth", "p256dh"]
 
 
 def test_json_schema_is_a_fresh_copy() -> None:
@@ -855,6 +1276,8 @@ KEYS = sorted({
     "email", "locale", "timezone", "country", "created_at", "amount_minor", "currency",
     "plan", "status", "started_at", "interval", "last4", "exp_month", "exp_year",
     "gateway_token", "brand", "funding", "customer_id", "is_default", "number", "code",
+    "renews_at", "sms_consent", "voice_consent", "unsubscribed", "win_back_opt_in", "phone",
+    "body", "endpoint", "keys", "p256dh", "auth", "expirationTime",
 })  # fmt: skip
 
 
@@ -901,6 +1324,10 @@ COMMAND_TYPES = (
     PaymentMethodUpdated,
     SubscriptionCanceled,
     InvoicePaidOutOfBand,
+    SubscriptionUpdated,
+    ContactPreferencesChanged,
+    SmsReceived,
+    PushSubscribed,
 )
 
 
@@ -966,12 +1393,7 @@ def test_every_example_in_the_docs_parses() -> None:
     text = DOCS.read_text(encoding="utf-8")
     blocks = re.findall(r"```json\n(.*?)```", text, re.DOTALL)
     commands = [c for block in blocks for c in parse_events_text(block, source="docs")]
-    assert {type(c).__name__ for c in commands} == {
-        "PaymentFailed",
-        "PaymentSucceeded",
-        "PaymentMethodUpdated",
-        "SubscriptionCanceled",
-        "InvoicePaidOutOfBand",
-    }
-    documented = [parse_events_text(b)[0] for b in blocks if '"id": "evt_123"' in b]
-    assert documented == [parse_event(FAILED)]
+    assert {type(c).__name__ for c in commands} == {t.__name__ for t in COMMAND_TYPES}
+    for example in (FAILED, SUB_UPDATED, PREFERENCES, SMS, PUSH):
+        documented = [parse_events_text(b)[0] for b in blocks if f'"id": "{example["id"]}"' in b]
+        assert documented == [parse_event(example)], example["type"]
