@@ -105,8 +105,17 @@ def init(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
 
 
 @policy_app.command("check")
-def policy_check(file: Path) -> None:
-    """Validate a policy file; errors name the field and the reason."""
+def policy_check(
+    file: Path,
+    templates: Annotated[
+        Path | None, typer.Option(help="Folder of templates overriding the shipped ones")
+    ] = None,
+) -> None:
+    """Validate a policy file and the templates of every message it sends; errors name
+    the field (or template) and the reason."""
+    from recobra.messages.checks import template_problems  # noqa: PLC0415
+    from recobra.messages.render import Renderer  # noqa: PLC0415
+
     try:
         loaded = load_policy_file(file)
     except PolicyError as exc:
@@ -114,6 +123,14 @@ def policy_check(file: Path) -> None:
         for field, reason in exc.problems:
             err.print(f"  [bold]{field}[/]: {reason}", highlight=False)
         raise typer.Exit(1) from None
+    if templates is not None and not templates.is_dir():
+        raise fail(f"--templates: {templates} is not a folder", 1)
+    problems = template_problems(loaded.policies, Renderer(templates))
+    if problems:
+        err.print(f"[bold red]{file}: its messages do not all render[/]", highlight=False)
+        for where, reason in problems:
+            err.print(f"  [bold]{where}[/]: {reason}", highlight=False)
+        raise typer.Exit(1)
     _print_policy(loaded.policies, title=f"{file}: valid (sha256 {loaded.checksum[:12]})")
 
 
@@ -166,6 +183,36 @@ def _print_policy(policies: Any, title: str) -> None:
         seg.add_row(s.name, json.dumps(rule, default=str) or "everything", s.policy)
     seg.add_row("default", "anything else", policies.default_policy)
     console.print(seg)
+
+
+messages_app = typer.Typer(help="Look at customer messages before they are sent.", no_args_is_help=True)
+app.add_typer(messages_app, name="messages")
+
+
+@messages_app.command("preview")
+def messages_preview(
+    kind: Annotated[str, typer.Argument(help="payment_failed, payment_reminder, final_notice, ...")],
+    locale: Annotated[str, typer.Option(help="es or en (or a regional locale such as es_MX)")] = "en",
+    channel: Annotated[str, typer.Option(help="email, sms, voice, push or in_app")] = "email",
+    out: Annotated[Path | None, typer.Option(help="Where to write an email's HTML")] = None,
+    templates: Annotated[
+        Path | None, typer.Option(help="Folder of templates overriding the shipped ones")
+    ] = None,
+) -> None:
+    """Render one message with sample data; an email's HTML goes to a file to open in a browser."""
+    from recobra.messages.preview import PreviewError, preview  # noqa: PLC0415
+
+    try:
+        result = preview(kind, locale=locale, channel=channel, templates=templates)
+    except PreviewError as exc:
+        raise fail(str(exc), 1) from None
+    for name, value in result.parts:
+        console.rule(f"[bold]{name}")
+        console.print(value, highlight=False, markup=False)
+    if result.html:
+        target = out or Path(f"preview-{kind}-{locale}.html")
+        target.write_text(result.html, encoding="utf-8")
+        console.print(f"\nHTML written to {target}")
 
 
 # ---------------------------------------------------------------- events
@@ -263,6 +310,7 @@ def worker(
     gateway_setting: GatewaySettingOpt = None,
     policy: PolicyOpt = None,
     interval: Annotated[float | None, typer.Option(help="Seconds between polls")] = None,
+    messages: Annotated[bool, typer.Option(help="Also send due customer messages")] = True,
 ) -> None:
     """Run the dunning loop until SIGTERM or Ctrl-C; finishes the batch in hand, then exits."""
     settings = _settings(
@@ -274,6 +322,7 @@ def worker(
         poll_interval_s=interval,
     )
     engine = _engine(settings)
+    messenger = _messenger(settings, engine) if messages else None
     stopping = False
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -289,6 +338,13 @@ def worker(
     )
     while not stopping:
         report = engine.tick(datetime.now(UTC))
+        if messenger is not None:
+            sent = messenger.dispatch(datetime.now(UTC))
+            if sent.claimed:
+                err.print(
+                    f"messages: sent {sent.sent}, deferred {sent.deferred}, skipped {sent.skipped}, "
+                    f"failed {sent.failed}"
+                )
         if report.claimed:
             err.print(
                 f"claimed {report.claimed}, attempts {report.attempts}, recovered "
@@ -566,6 +622,16 @@ def cases_write_off(
     except (IllegalTransition, ValueError) as exc:
         raise fail(str(exc), 1) from None
     console.print(f"{case.id} written off")
+
+
+def _messenger(settings: Settings, engine: Any) -> Any:
+    from recobra.bootstrap import build_messenger  # noqa: PLC0415
+    from recobra.channels.loader import ChannelLoadError  # noqa: PLC0415
+
+    try:
+        return build_messenger(settings, engine.store, load_policies(settings))
+    except (SettingsError, ChannelLoadError, PolicyError) as exc:
+        raise fail(f"{exc} (or run with --no-messages)") from None
 
 
 def _store(settings: Settings) -> Any:

@@ -1,9 +1,10 @@
 """The demo's channel: messages written to files, or summarised on the console.
 
 With a directory, each message becomes one file named after its key (so a resend
-overwrites it): ``.eml`` for email (the same RFC 5322 message the SMTP channel
-sends; open it in any mail client), ``.json`` for webhooks (the same body the
-webhook channel POSTs), ``.txt`` for everything else (SMS, voice, push, in-app).
+overwrites it): ``.eml`` for email and for the file channel's own messages (which
+carry the email rendering; the same RFC 5322 message the SMTP channel sends, to
+open in any mail client), ``.json`` for webhooks (the same body the webhook
+channel POSTs), ``.txt`` for everything else (SMS, voice, push, in-app).
 Without a directory, each message is one line on standard error.
 """
 
@@ -49,7 +50,8 @@ def file_name(key: str, extension: str) -> str:
 
 
 def _extension(channel: str) -> str:
-    return {"email": "eml", "webhook": "json"}.get(channel, "txt")
+    # Messages for the file channel itself carry the email rendering: they become .eml.
+    return {"email": "eml", "file": "eml", "webhook": "json"}.get(channel, "txt")
 
 
 def _one_line(text: str, limit: int = 80) -> str:
@@ -103,7 +105,7 @@ class FileChannel:
 
     def render(self, message: OutgoingMessage) -> bytes:
         """The file's content for ``message``; InvalidMessage if it cannot be sent as is."""
-        if message.channel == "email":
+        if _extension(message.channel) == "eml":
             return self._email(message)
         if message.channel == "webhook":
             return encode_body(event_payload(message, self._now()), indent=2) + b"\n"
