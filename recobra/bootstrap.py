@@ -11,6 +11,7 @@ from sqlalchemy import inspect
 from recobra.calendars import PublicHolidays
 from recobra.domain.messages import ChannelKind, DeliveryRules
 from recobra.engine.messenger import Messenger
+from recobra.engine.relay import EventRelay
 from recobra.engine.service import Engine
 from recobra.gateways.loader import load_gateway
 from recobra.policyfile import LoadedPolicy, load_default_policy, load_policy_file
@@ -103,6 +104,24 @@ def build_messenger(
         channels,
         composer,
         rules=rules,
+        lease=timedelta(seconds=settings.lease_s),
+        worker_id=settings.worker_id,
+    )
+
+
+def build_relay(settings: Settings, store: SqlStore) -> EventRelay | None:
+    """The webhook relay of case events, when ``webhook_url`` is configured."""
+    if not settings.webhook_url:
+        return None
+    from recobra.channels.webhook import WebhookChannel  # noqa: PLC0415
+
+    if not settings.webhook_secret:
+        raise SettingsError("webhook_url needs webhook_secret (RECOBRA_WEBHOOK_SECRET) to sign events")
+    secret = resolve_secrets({"webhook_secret": settings.webhook_secret})["webhook_secret"]
+    return EventRelay(
+        store,
+        WebhookChannel(settings.webhook_url, secret),
+        kinds=frozenset(settings.webhook_events) or None,
         lease=timedelta(seconds=settings.lease_s),
         worker_id=settings.worker_id,
     )

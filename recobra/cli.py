@@ -323,6 +323,7 @@ def worker(
     )
     engine = _engine(settings)
     messenger = _messenger(settings, engine) if messages else None
+    relay = _relay(settings, engine)
     stopping = False
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -345,6 +346,8 @@ def worker(
                     f"messages: sent {sent.sent}, deferred {sent.deferred}, skipped {sent.skipped}, "
                     f"failed {sent.failed}"
                 )
+        if relay is not None:
+            relay.relay(datetime.now(UTC))
         if report.claimed:
             err.print(
                 f"claimed {report.claimed}, attempts {report.attempts}, recovered "
@@ -632,6 +635,15 @@ def _messenger(settings: Settings, engine: Any) -> Any:
         return build_messenger(settings, engine.store, load_policies(settings))
     except (SettingsError, ChannelLoadError, PolicyError) as exc:
         raise fail(f"{exc} (or run with --no-messages)") from None
+
+
+def _relay(settings: Settings, engine: Any) -> Any:
+    from recobra.bootstrap import build_relay  # noqa: PLC0415
+
+    try:
+        return build_relay(settings, engine.store)
+    except (SettingsError, ValueError) as exc:
+        raise fail(str(exc)) from None
 
 
 def _store(settings: Settings) -> Any:

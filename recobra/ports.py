@@ -48,6 +48,7 @@ __all__ = [
     "MessageUpdate",
     "OutgoingMessage",
     "PaymentGateway",
+    "RelayedEvent",
     "Store",
     "UnitOfWork",
 ]
@@ -281,6 +282,15 @@ class UnitOfWork(Protocol):
 
     def update_messages(self, updates: Sequence[MessageUpdate], *, release_claims: bool) -> None: ...
 
+    def claim_relay(self, name: str, now: datetime, *, worker_id: str, lease: timedelta) -> int | None:
+        """Claim the named event stream; returns the last delivered event id, or None if
+        another worker holds it."""
+        ...
+
+    def release_relay(self, name: str, last_event_id: int, now: datetime) -> None: ...
+
+    def case_events_after(self, event_id: int, *, limit: int) -> list[RelayedEvent]: ...
+
     def claim_due(
         self,
         now: datetime,
@@ -339,6 +349,24 @@ class MessageComposer(Protocol):
     def compose(self, bundle: MessageBundle, now: datetime) -> OutgoingMessage:
         """Raises ``ValueError`` when the message cannot be rendered (a template problem)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedEvent:
+    """A case event, as published to the operator's systems."""
+
+    id: int
+    case_id: str
+    customer_id: str
+    invoice_id: str
+    amount_minor: int
+    currency: str
+    at: datetime
+    kind: str
+    reason: str
+    from_status: str | None
+    to_status: str | None
+    data: Mapping[str, object] | None
 
 
 class Store(Protocol):

@@ -51,6 +51,12 @@ class Settings(BaseModel):
     """Channel kind -> adapter (entry-point name or package.module:factory)."""
     channel_settings: dict[str, dict[str, str]] = Field(default_factory=dict)
     """Channel kind -> settings; a value "env:NAME" is read from the environment."""
+    webhook_url: str | None = None
+    """The operator's endpoint that receives every case event (CRM, support tool)."""
+    webhook_secret: str | None = None
+    """Signs those webhooks (HMAC-SHA256); "env:NAME" reads it from the environment."""
+    webhook_events: list[str] = Field(default_factory=list)
+    """Case event kinds to send; empty: all of them."""
     quiet_start: int = Field(default=21, ge=0, le=23)
     quiet_end: int = Field(default=8, ge=0, le=23)
     max_messages_per_day: int = Field(default=2, ge=1)
@@ -72,7 +78,12 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             raise SettingsError(f"{path}: cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{path}: not valid TOML: {exc}") from None
-    fields = set(Settings.model_fields) - {"gateway_settings", "channels", "channel_settings"}
+    fields = set(Settings.model_fields) - {
+        "gateway_settings",
+        "channels",
+        "channel_settings",
+        "webhook_events",
+    }
     for name in fields:
         value = os.environ.get(ENV_PREFIX + name.upper())
         if value is not None:

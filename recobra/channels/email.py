@@ -397,7 +397,9 @@ class SmtpEmailChannel:
                 context=self._context_for_tls(),
             )
         else:
-            smtp = smtplib.SMTP(self.host, self.port, local_hostname=self._local_hostname, timeout=self.timeout)
+            smtp = smtplib.SMTP(
+                self.host, self.port, local_hostname=self._local_hostname, timeout=self.timeout
+            )
         try:
             if self.starttls:
                 smtp.starttls(context=self._context_for_tls())

@@ -54,7 +54,7 @@ from recobra.domain.model import (
 )
 from recobra.domain.money import Money
 from recobra.domain.network import PriorAttempt
-from recobra.ports import CaseBundle, ConcurrentUpdate, MessageBundle, MessageUpdate
+from recobra.ports import CaseBundle, ConcurrentUpdate, MessageBundle, MessageUpdate, RelayedEvent
 from recobra.store.tables import (
     AttemptRow,
     CaseEventRow,
@@ -67,6 +67,7 @@ from recobra.store.tables import (
     PlanRow,
     ProcessedEventRow,
     PushSubscriptionRow,
+    RelayCursorRow,
     SubscriptionRow,
 )
 
@@ -215,6 +216,20 @@ _UPDATE_MESSAGES = {
 _NEXT_MESSAGE_DUE = select(func.min(messages_t.c.due_at)).where(
     messages_t.c.status == MessageStatus.SCHEDULED.value
 )
+cursors_t = RelayCursorRow.__table__
+_EVENTS_AFTER = (
+    select(
+        events_t,
+        cases_t.c.customer_id,
+        cases_t.c.invoice_id,
+        cases_t.c.amount_minor,
+        cases_t.c.currency,
+    )
+    .join(cases_t, cases_t.c.id == events_t.c.case_id)
+    .where(events_t.c.id > bindparam("after"))
+    .order_by(events_t.c.id)
+    .limit(bindparam("limit"))
+)
 _KNOWN_CUSTOMERS = select(customers_t.c.id).where(customers_t.c.id.in_(_ids))
 _UNSET_OTHER_DEFAULTS = (
     update(methods_t)
@@ -357,9 +372,11 @@ def _upsert(
     stmt = _STATEMENTS.get(cache_key)
     if stmt is None:
         ins: Any = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-        stmt = ins.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={c: getattr(ins.excluded, c) for c in cols if c not in keys and c not in keep},
+        updates = {c: getattr(ins.excluded, c) for c in cols if c not in keys and c not in keep}
+        stmt = (
+            ins.on_conflict_do_update(index_elements=list(keys), set_=updates)
+            if updates
+            else ins.on_conflict_do_nothing(index_elements=list(keys))
         )
         _STATEMENTS[cache_key] = stmt
     conn.execute(stmt, rows)
@@ -792,6 +809,51 @@ class SqlUnitOfWork:
                 }
             )
         self.conn.execute(_FINISH_ATTEMPTS, rows)
+
+    # -- the event relay
+    def claim_relay(self, name: str, now: datetime, *, worker_id: str, lease: timedelta) -> int | None:
+        _upsert(
+            self.conn,
+            cursors_t,
+            [{"name": name, "last_event_id": 0, "updated_at": now}],
+            ["name"],
+            keep=["last_event_id", "updated_at"],
+        )
+        free = or_(cursors_t.c.claim_expires_at.is_(None), cursors_t.c.claim_expires_at < now)
+        claimed = self.conn.execute(
+            update(cursors_t)
+            .where(cursors_t.c.name == name, free)
+            .values(claimed_by=worker_id, claim_expires_at=now + lease)
+            .returning(cursors_t.c.last_event_id)
+        ).scalar()
+        return None if claimed is None else int(claimed)
+
+    def release_relay(self, name: str, last_event_id: int, now: datetime) -> None:
+        self.conn.execute(
+            update(cursors_t)
+            .where(cursors_t.c.name == name)
+            .values(last_event_id=last_event_id, updated_at=now, claimed_by=None, claim_expires_at=None)
+        )
+
+    def case_events_after(self, event_id: int, *, limit: int) -> list[RelayedEvent]:
+        rows = self.conn.execute(_EVENTS_AFTER, {"after": event_id, "limit": limit})
+        return [
+            RelayedEvent(
+                id=r.id,
+                case_id=r.case_id,
+                customer_id=r.customer_id,
+                invoice_id=r.invoice_id,
+                amount_minor=r.amount_minor,
+                currency=r.currency,
+                at=r.at,
+                kind=r.kind,
+                reason=r.reason,
+                from_status=r.from_status,
+                to_status=r.to_status,
+                data=r.data,
+            )
+            for r in rows
+        ]
 
     # -- the message outbox
     def add_messages(self, entries: Sequence[OutboxEntry]) -> None:

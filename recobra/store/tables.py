@@ -226,3 +226,14 @@ class PushSubscriptionRow(Base):
     endpoint: Mapped[str] = mapped_column(String(1000), unique=True)
     subscription: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+class RelayCursorRow(Base):
+    """How far an outgoing event stream (the operator's webhook) has been delivered."""
+
+    __tablename__ = "relay_cursors"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claim_expires_at: Mapped[datetime | None]
