@@ -325,6 +325,12 @@ def _policy(name: str, pm: PolicyModel, where: str) -> RetryPolicy:
             before_final=(
                 parse_duration(f"{where}.steps[{i}].before_final", s.before_final) if s.before_final else None
             ),
+            fallback=tuple(s.fallback),
+            fallback_after=(
+                parse_duration(f"{where}.steps[{i}].fallback_after", s.fallback_after)
+                if s.fallback_after
+                else None
+            ),
         )
         for i, s in enumerate(pm.steps)
         if s.action == "message" and s.kind is not None

@@ -218,15 +218,18 @@ def build_email_message(
     email["Auto-Submitted"] = "auto-generated"
     if links:
         email["List-Unsubscribe"] = ", ".join(f"<{link}>" for link in links)
-        if any(link.startswith("https://") for link in links):
+        if any(urlsplit(link).scheme == "https" for link in links):
             # RFC 8058: one-click needs an HTTPS URI; receivers POST "List-Unsubscribe=One-Click".
             email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     email["X-Recobra-Key"] = message.key
-    for name, value in extra.items():
-        email[name] = value
-    email.set_content(message.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    if message.html:
-        email.add_alternative(message.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    try:
+        for name, value in extra.items():
+            email[name] = value
+        email.set_content(message.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+        if message.html:
+            email.add_alternative(message.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    except (ValueError, IndexError) as exc:  # a structured extra header's value, unencodable text
+        raise InvalidMessage(f"cannot build the message: {type(exc).__name__}: {exc}") from exc
     # After the body: making the message multipart moves Content-* headers into the first part.
     language = content_language(message.locale)
     if language is not None:

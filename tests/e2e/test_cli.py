@@ -184,6 +184,7 @@ def test_worker_stops_cleanly_on_sigterm(db: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "recobra.cli", "worker", "--database-url", db, "--interval", "0.2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "RECOBRA_LINK_SECRET": "s" * 40},
     )
     try:
         deadline = time.monotonic() + 30
@@ -223,3 +224,38 @@ def test_an_operator_writes_off_a_case_once(db: str, tmp_path: Path) -> None:
     unknown = run("cases", "write-off", "case_nope", "--reason", "x", "--database-url", db)
     assert unknown.returncode == 1
     assert "no case" in unknown.stderr
+
+
+def test_the_worker_refuses_to_send_messages_without_a_link_secret(db: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RECOBRA_LINK_SECRET"}
+    result = subprocess.run(
+        [sys.executable, "-m", "recobra.cli", "worker", "--database-url", db],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )
+    assert result.returncode == 2
+    assert "RECOBRA_LINK_SECRET" in result.stderr
+    assert "--no-messages" in result.stderr
+
+
+def test_messages_preview_renders_spanish_email_to_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "p.html"
+    result = run("messages", "preview", "payment_failed", "--locale", "es", "--channel", "email",
+                 "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "No pudimos" in result.stdout or "pago" in result.stdout
+    html = out.read_text()
+    assert 'lang="es' in html
+    assert "<style" not in html  # CSS is inlined
+    bad = run("messages", "preview", "no_such_kind")
+    assert bad.returncode == 1
+    assert "unknown message kind" in bad.stderr
+
+
+def test_policy_check_reports_a_template_with_an_unknown_variable(tmp_path: Path) -> None:
+    default = Path(__file__).parents[2] / "recobra" / "policies" / "default.toml"
+    templates = tmp_path / "templates" / "en"
+    templates.mkdir(parents=True)
+    (templates / "payment_failed.sms.j2").write_text("Pay now {{ no_such_variable }}")
+    result = run("policy", "check", str(default), "--templates", str(tmp_path / "templates"))
+    assert result.returncode == 1
+    assert "no_such_variable" in result.stderr

@@ -82,6 +82,18 @@ def test_email_to_a_customer_id_gets_a_reserved_address(tmp_path: Path) -> None:
     assert _parse(Path(result.provider_id))["To"] == "cus_42@customers.invalid"
 
 
+def test_the_file_channels_own_messages_are_emails(tmp_path: Path) -> None:
+    # The composer gives the file channel the email rendering and the customer id as ``to``.
+    result = FileChannel(tmp_path).send(_message("file", to="cus_42"))
+    assert result.status is DeliveryStatus.SENT, result.error
+    path = Path(str(result.provider_id))
+    assert path.suffix == ".eml"
+    email = _parse(path)
+    assert email["To"] == "cus_42@customers.invalid"
+    assert email["Subject"] == "¿Actualizamos tu tarjeta?"
+    assert email.get_content_type() == "multipart/alternative"
+
+
 def test_header_injection_is_refused(tmp_path: Path) -> None:
     channel = FileChannel(tmp_path)
     for message in (

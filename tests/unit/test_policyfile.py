@@ -352,3 +352,16 @@ def test_every_problem_reason_is_non_empty() -> None:
 def test_policy_error_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="invalid policy"):
         parse_policy("this is not toml")
+
+
+def test_message_steps_keep_their_fallback_channels() -> None:
+    from recobra.domain.messages import ChannelKind, MessageKind
+    from recobra.policyfile import load_default_policy
+
+    standard = load_default_policy().policies.policies["standard"]
+    first, reminder = standard.messages[0], standard.messages[1]
+    assert first.kind is MessageKind.PAYMENT_FAILED
+    assert first.channels == (ChannelKind.EMAIL, ChannelKind.IN_APP)
+    assert first.fallback == (ChannelKind.SMS,)
+    assert reminder.fallback_after is not None
+    assert reminder.fallback_after.days == 2
