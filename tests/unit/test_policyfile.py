@@ -10,6 +10,7 @@ import pytest
 
 from recobra.domain.case import FinalAction
 from recobra.domain.declines import classify
+from recobra.domain.messages import ChannelKind, MessageKind
 from recobra.domain.model import Funding, Interval
 from recobra.domain.policy import PaydayRule, SegmentContext, Strategy, Timing
 from recobra.domain.schedule import NoHolidays, RetryContext, plan_retry
@@ -355,9 +356,6 @@ def test_policy_error_is_a_value_error() -> None:
 
 
 def test_message_steps_keep_their_fallback_channels() -> None:
-    from recobra.domain.messages import ChannelKind, MessageKind
-    from recobra.policyfile import load_default_policy
-
     standard = load_default_policy().policies.policies["standard"]
     first, reminder = standard.messages[0], standard.messages[1]
     assert first.kind is MessageKind.PAYMENT_FAILED
