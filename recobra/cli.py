@@ -487,7 +487,7 @@ def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where the demo database goes")] = Path(
         "recobra-demo"
     ),
-    customers: Annotated[int, typer.Option(min=1)] = 2000,
+    customers: Annotated[int, typer.Option(min=1)] = 1000,
     days: Annotated[int, typer.Option(min=1)] = 120,
     seed: int = 7,
 ) -> None:

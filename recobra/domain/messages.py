@@ -7,6 +7,7 @@ this module decide *whether*, *when* and *on which channel* it may go.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
@@ -250,7 +251,11 @@ class OutboxEntry:
     fallback_after: timedelta | None = None
     only_if_unclicked: bool = False
     """A fallback sent only if nobody clicked the step's earlier messages."""
-    note: str = ""
+    is_fallback: bool = False
+    """Queued because the step's channels could not deliver it (or were not clicked)."""
+    context: Mapping[str, str] = field(default_factory=dict)
+    """What a reminder is about (its card, its renewal date, an offer): checked again
+    when it comes due, and given to the templates."""
 
 
 def message_key(scope: str, step: str, channel: ChannelKind) -> str:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
@@ -38,7 +37,7 @@ def campaign_messages(
                 continue
             target = card_expiry_end(method, customer.timezone)
             scope = f"card:{method.id}:{method.exp_year}-{method.exp_month:02d}"
-            note = {"payment_method": method.id}
+            note: dict[str, str] = {"payment_method": method.id}
         else:
             if subscription.renews_at is None:
                 continue
@@ -64,17 +63,21 @@ def campaign_messages(
                         channel=channel,
                         step=step,
                         due_at=due,
-                        note=json.dumps(note, sort_keys=True),
+                        context=note,
                     )
                 )
     return entries
 
 
 def still_relevant(
-    note: str, *, default_method_id: str | None, subscription_status: str | None, renews_at: datetime | None
+    context: Mapping[str, str],
+    *,
+    default_method_id: str | None,
+    subscription_status: str | None,
+    renews_at: datetime | None,
 ) -> tuple[bool, str]:
     """Whether a planned reminder still applies when it comes due."""
-    data = json.loads(note) if note else {}
+    data = context
     if "payment_method" in data and data["payment_method"] != default_method_id:
         return False, "the card was replaced"
     if "subscription" in data:

@@ -202,9 +202,9 @@ class Messenger:
             return MessageUpdate(
                 bundle.id, MessageStatus.CANCELED, None, "not needed: the customer clicked", bundle.attempts
             )
-        if case is None and entry.note:
+        if case is None and entry.context:
             relevant, why = still_relevant(
-                entry.note,
+                entry.context,
                 default_method_id=bundle.payment_method.id if bundle.payment_method else None,
                 subscription_status=bundle.subscription_status,
                 renews_at=bundle.renews_at,
@@ -215,7 +215,7 @@ class Messenger:
                     bundle.id, MessageStatus.CANCELED, None, f"not needed: {why}", bundle.attempts
                 )
         delivered = any(status == MessageStatus.SENT for _, status, _ in bundle.siblings)
-        if entry.note == "fallback" and delivered and not entry.only_if_unclicked:
+        if entry.is_fallback and delivered and not entry.only_if_unclicked:
             report.canceled += 1
             return MessageUpdate(
                 bundle.id,
@@ -317,6 +317,7 @@ class Messenger:
                 due_at=due,
                 fallback=rest,
                 only_if_unclicked=unclicked,
-                note="fallback",
+                is_fallback=True,
+                context=entry.context,
             )
         ]

@@ -3,7 +3,6 @@ case and customer, the templates in their language, signed links, the address.""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,7 +49,7 @@ class TemplateComposer:
 
     def context(self, bundle: MessageBundle, now: datetime) -> MessageContext:
         entry, case, customer = bundle.entry, bundle.case, bundle.customer
-        note = json.loads(entry.note) if entry.note.startswith("{") else {}
+        note = entry.context
         policy = self.policies.policies.get(case.policy_name) if case else None
         subject = case.id if case else customer.id
         method = bundle.payment_method

@@ -327,17 +327,20 @@ class Business:
             due = self.engine.store.next_due_at()
             if due is not None:
                 candidates.append(due)
+            message_due = None
             if self.messenger is not None:
                 message_due = self.engine.store.next_message_due_at()
                 if message_due is not None:
                     candidates.append(message_due)
             now = min(max(min(candidates), now + self.resolution), self.end)
-            self.step(now, engine_due=due)
+            self.step(now, engine_due=due, message_due=message_due)
             if progress:
                 progress((now - self.start).total_seconds() / total)
         return self.stats
 
-    def step(self, now: datetime, engine_due: datetime | None = None) -> None:
+    def step(
+        self, now: datetime, engine_due: datetime | None = None, message_due: datetime | None = None
+    ) -> None:
         """Everything due at ``now``: renewals, customers' actions, the engine's tick.
 
         ``engine_due`` is the store's earliest due time if the caller just read it.
@@ -364,7 +367,9 @@ class Business:
             self.stats.engine.add(self.engine.tick(now))
             self.stats.ticks += 1
         if self.messenger is not None:
-            message_due = self.engine.store.next_message_due_at()
+            # Events and ticks queue messages of their own (first notices, thanks ...).
+            if commands or (engine_due is not None and engine_due <= now) or message_due is None:
+                message_due = self.engine.store.next_message_due_at()
             if message_due is not None and message_due <= now:
                 self.stats.messages.add(self.messenger.dispatch(now))
 

@@ -7,7 +7,6 @@ objects here and nowhere else.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -213,9 +212,8 @@ _UPDATE_MESSAGES = {
     )
     for release in (False, True)
 }
-_NEXT_MESSAGE_DUE = select(func.min(messages_t.c.due_at)).where(
-    messages_t.c.status == MessageStatus.SCHEDULED.value
-)
+# Only scheduled messages have a due time, so MIN reads the first entry of its index.
+_NEXT_MESSAGE_DUE = select(func.min(messages_t.c.due_at))
 cursors_t = RelayCursorRow.__table__
 _EVENTS_AFTER = (
     select(
@@ -264,7 +262,8 @@ def _claim_messages_statement(dialect: str) -> Any:
         free = or_(messages_t.c.claim_expires_at.is_(None), messages_t.c.claim_expires_at < now)
         due = (
             select(messages_t.c.id)
-            .where(free, messages_t.c.status == MessageStatus.SCHEDULED.value, messages_t.c.due_at <= now)
+            # due_at is set only on scheduled messages: its index finds them in order.
+            .where(messages_t.c.due_at <= now, free)
             .order_by(messages_t.c.due_at)
             .limit(bindparam("limit"))
         )
@@ -294,7 +293,8 @@ def _entry_from_row(r: Row[Any]) -> OutboxEntry:
         fallback=tuple(ChannelKind(c) for c in data.get("fallback", ())),
         fallback_after=timedelta(seconds=after) if after is not None else None,
         only_if_unclicked=bool(data.get("only_if_unclicked", False)),
-        note=str(data.get("note", "")),
+        is_fallback=bool(data.get("is_fallback", False)),
+        context={str(k): str(v) for k, v in (data.get("context") or {}).items()},
     )
 
 
@@ -875,7 +875,8 @@ class SqlUnitOfWork:
                     "fallback": [c.value for c in e.fallback],
                     "fallback_after_s": e.fallback_after.total_seconds() if e.fallback_after else None,
                     "only_if_unclicked": e.only_if_unclicked,
-                    "note": e.note,
+                    "is_fallback": e.is_fallback,
+                    "context": dict(e.context),
                 },
                 "created_at": e.due_at,
             }
@@ -976,7 +977,7 @@ class SqlUnitOfWork:
             r.customer_id: _method_from_row(r)
             for r in self.conn.execute(_DEFAULT_METHODS, {"ids": customer_ids})
         }
-        notes = {r.id: json.loads(r.data["note"]) if r.data and r.data.get("note") else {} for r in rows}
+        notes = {r.id: (r.data or {}).get("context") or {} for r in rows}
         subscription_ids = {c.subscription_id for c in cases.values() if c.subscription_id} | {
             n["subscription"] for n in notes.values() if "subscription" in n
         }

@@ -187,9 +187,9 @@ class MessageRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     channel: Mapped[str] = mapped_column(String(16))
     step: Mapped[str] = mapped_column(String(120))
-    # Indexed for the reaper, which looks for the rare 'sending' rows.
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    # Like cases' timers: set while the message waits, NULL once it is settled.
+    status: Mapped[str] = mapped_column(String(16))
+    # Like cases' timers: set only while the message is scheduled (NULL once it is
+    # being sent or settled), so this index holds exactly the waiting messages.
     due_at: Mapped[datetime | None] = mapped_column(index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -200,7 +200,8 @@ class MessageRow(Base):
     clicked_at: Mapped[datetime | None]
     seen_at: Mapped[datetime | None]
     claimed_by: Mapped[str | None] = mapped_column(String(64))
-    claim_expires_at: Mapped[datetime | None]
+    # Indexed for the reaper, which looks for expired claims on 'sending' rows.
+    claim_expires_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class ContactPreferenceRow(Base):
