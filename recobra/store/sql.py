@@ -254,29 +254,33 @@ _SET_SUBSCRIPTION_STATUS = (
 )
 
 
+def _claim_update(table: Any, dialect: str, *where: Any, order_by: Any = None) -> Any:
+    """UPDATE ... RETURNING that claims up to :limit rows matching ``where`` whose claim
+    is free or expired, for :worker until :expires. On PostgreSQL the rows are picked
+    with FOR UPDATE SKIP LOCKED, so several workers never wait on or share a row."""
+    now = bindparam("now")
+    free = or_(table.c.claim_expires_at.is_(None), table.c.claim_expires_at < now)
+    due = select(table.c.id).where(free, *where)
+    if order_by is not None:
+        due = due.order_by(order_by)
+    due = due.limit(bindparam("limit"))
+    if dialect == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    return (
+        update(table)
+        .where(and_(table.c.id.in_(due.scalar_subquery()), free))
+        .values(claimed_by=bindparam("worker"), claim_expires_at=bindparam("expires"))
+        .returning(table.c.id)
+    )
+
+
 def _claim_messages_statement(dialect: str) -> Any:
     key = ("claim-messages", dialect)
-    stmt = _STATEMENTS.get(key)
-    if stmt is None:
-        now = bindparam("now")
-        free = or_(messages_t.c.claim_expires_at.is_(None), messages_t.c.claim_expires_at < now)
-        due = (
-            select(messages_t.c.id)
-            # due_at is set only on scheduled messages: its index finds them in order.
-            .where(messages_t.c.due_at <= now, free)
-            .order_by(messages_t.c.due_at)
-            .limit(bindparam("limit"))
-        )
-        if dialect == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        stmt = (
-            update(messages_t)
-            .where(and_(messages_t.c.id.in_(due.scalar_subquery()), free))
-            .values(claimed_by=bindparam("worker"), claim_expires_at=bindparam("expires"))
-            .returning(messages_t.c.id)
-        )
-        _STATEMENTS[key] = stmt
-    return stmt
+    if key not in _STATEMENTS:
+        # due_at is set only on scheduled messages: its index finds them in order.
+        due = messages_t.c.due_at
+        _STATEMENTS[key] = _claim_update(messages_t, dialect, due <= bindparam("now"), order_by=due)
+    return _STATEMENTS[key]
 
 
 def _entry_from_row(r: Row[Any]) -> OutboxEntry:
@@ -300,27 +304,15 @@ def _entry_from_row(r: Row[Any]) -> OutboxEntry:
 
 def _claim_statement(dialect: str, by_id: bool) -> Any:
     key = ("claim", dialect, by_id)
-    stmt = _STATEMENTS.get(key)
-    if stmt is None:
-        now = bindparam("now")
-        free = or_(cases_t.c.claim_expires_at.is_(None), cases_t.c.claim_expires_at < now)
-        due = select(cases_t.c.id).where(free)
+    if key not in _STATEMENTS:
         if by_id:
-            due = due.where(cases_t.c.id.in_(bindparam("ids", expanding=True)), cases_t.c.status.in_(ACTIVE))
+            ids = cases_t.c.id.in_(bindparam("ids", expanding=True))
+            stmt = _claim_update(cases_t, dialect, ids, cases_t.c.status.in_(ACTIVE))
         else:
-            due = due.where(cases_t.c.next_action_at <= now).order_by(cases_t.c.next_action_at)
-        due = due.limit(bindparam("limit"))
-        if dialect == "postgresql":
-            # Several workers: each skips rows another is claiming instead of waiting.
-            due = due.with_for_update(skip_locked=True)
-        stmt = (
-            update(cases_t)
-            .where(and_(cases_t.c.id.in_(due.scalar_subquery()), free))
-            .values(claimed_by=bindparam("worker"), claim_expires_at=bindparam("expires"))
-            .returning(cases_t.c.id)
-        )
+            due = cases_t.c.next_action_at
+            stmt = _claim_update(cases_t, dialect, due <= bindparam("now"), order_by=due)
         _STATEMENTS[key] = stmt
-    return stmt
+    return _STATEMENTS[key]
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
