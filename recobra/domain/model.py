@@ -22,6 +22,16 @@ _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
+_PHONE_NOISE = re.compile(r"[\s().\-/]")
+
+
+def canonical_phone(phone: str) -> str:
+    """A phone number without spaces, dots, dashes or brackets ("+52 55 1234-5678" ->
+    "+525512345678"), so numbers written differently compare equal. Full E.164
+    validation, which needs the numbering plan, happens at the edges."""
+    return _PHONE_NOISE.sub("", phone)
+
+
 def require_aware(field: str, value: datetime) -> datetime:
     """Reject naive datetimes: every time in Recobra carries its zone."""
     if value.tzinfo is None or value.utcoffset() is None:
@@ -92,6 +102,8 @@ class Customer:
             raise DomainError("customer.country", f"must be an ISO 3166-1 alpha-2 code, got {self.country!r}")
         if self.created_at is not None:
             require_aware("customer.created_at", self.created_at)
+        if self.phone is not None:
+            object.__setattr__(self, "phone", canonical_phone(self.phone) or None)
 
     @property
     def zone(self) -> ZoneInfo:

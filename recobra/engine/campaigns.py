@@ -37,7 +37,8 @@ def campaign_messages(
                 continue
             target = card_expiry_end(method, customer.timezone)
             scope = f"card:{method.id}:{method.exp_year}-{method.exp_month:02d}"
-            note: dict[str, str] = {"payment_method": method.id}
+            # Tied to the subscription too: no card reminder once it is canceled.
+            note: dict[str, str] = {"payment_method": method.id, "subscription": subscription.id}
         else:
             if subscription.renews_at is None:
                 continue
@@ -80,11 +81,12 @@ def still_relevant(
     data = context
     if "payment_method" in data and data["payment_method"] != default_method_id:
         return False, "the card was replaced"
-    if "subscription" in data:
-        if subscription_status not in ("active", "past_due"):
-            return False, f"the subscription is {subscription_status}"
-        if renews_at is None or renews_at.astimezone(UTC).isoformat() != data.get("renews_at"):
-            return False, "the renewal date changed"
+    if "subscription" in data and subscription_status not in ("active", "past_due"):
+        return False, f"the subscription is {subscription_status}"
+    if "renews_at" in data and (
+        renews_at is None or renews_at.astimezone(UTC).isoformat() != data["renews_at"]
+    ):
+        return False, "the renewal date changed"
     return True, ""
 
 

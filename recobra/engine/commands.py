@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from recobra.domain.model import Customer, Invoice, PaymentMethod, Subscription, require_aware
+from recobra.domain.model import (
+    Customer,
+    Invoice,
+    PaymentMethod,
+    Subscription,
+    canonical_phone,
+    require_aware,
+)
 
 
 class _Event:
@@ -116,6 +123,10 @@ class SmsReceived(_Event):
     occurred_at: datetime
     phone: str
     body: str
+
+    def __post_init__(self) -> None:
+        _Event.__post_init__(self)
+        object.__setattr__(self, "phone", canonical_phone(self.phone))
 
 
 @dataclass(frozen=True, slots=True)

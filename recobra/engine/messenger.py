@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from recobra.domain.case import ACTIVE_STATUSES
 from recobra.domain.messages import (
+    TRANSACTIONAL,
     ChannelKind,
     DeliveryRules,
     MessageStatus,
@@ -49,6 +50,8 @@ log = logging.getLogger("recobra.messages")
 RETRY_BACKOFF = (timedelta(minutes=1), timedelta(minutes=10), timedelta(hours=1), timedelta(hours=4))
 """Waits after transient failures; once they run out the message fails and its fallback is used."""
 STOP_ERROR = "twilio 21610"
+SEND_CHUNK = 20
+"""Messages marked 'sending' together: what a stopped worker can leave 'unknown' at most."""
 
 
 @dataclass(slots=True)
@@ -135,25 +138,43 @@ class Messenger:
             report.claimed = len(ids)
             updates: list[MessageUpdate] = []
             fallbacks: list[OutboxEntry] = []
-            sending: list[MessageUpdate] = []
+            # Messages chosen to go out in this batch count against the caps of the
+            # ones decided after them.
+            planned: dict[str, list[datetime]] = {}
             for bundle in uow.load_messages(ids, now):
-                settled = self._decide(bundle, now, report, fallbacks)
+                mine = planned.setdefault(bundle.customer.id, [])
+                settled = self._decide(bundle, now, report, fallbacks, mine)
                 if settled is None:
                     sends.append(_Send(bundle))
-                    sending.append(
-                        MessageUpdate(bundle.id, MessageStatus.SENDING, None, "sending", bundle.attempts + 1)
-                    )
+                    if bundle.entry.kind not in TRANSACTIONAL:
+                        mine.append(now)
                 else:
                     updates.append(settled)
+            # Messages to send stay claimed (and 'scheduled') until their chunk starts:
+            # a worker that stops before then leaves them to be claimed again.
             uow.update_messages(updates, release_claims=True)
-            # 'sending' rows keep their claim: if this worker stops, the claim expires
-            # and the reaper marks them unknown instead of sending them again.
-            uow.update_messages(sending, release_claims=False)
             uow.add_messages(fallbacks)
             report.fallbacks += len(fallbacks)
             uow.commit()
+        for start in range(0, len(sends), SEND_CHUNK):
+            self._send_chunk(sends[start : start + SEND_CHUNK], now, report)
+        return report
 
-        for item in sends:
+    def _send_chunk(self, chunk: list[_Send], now: datetime, report: DispatchReport) -> None:
+        """Mark a few messages 'sending' (committed), send them, record the outcomes.
+
+        A worker that stops mid-chunk leaves at most this chunk 'sending': those become
+        'unknown' when their claim expires and are never sent again."""
+        with self.store.unit_of_work() as uow:
+            uow.update_messages(
+                [
+                    MessageUpdate(i.bundle.id, MessageStatus.SENDING, None, "sending", i.bundle.attempts + 1)
+                    for i in chunk
+                ],
+                release_claims=False,
+            )
+            uow.commit()
+        for item in chunk:
             entry = item.bundle.entry
             try:
                 item.message = self.composer.compose(item.bundle, now)
@@ -167,12 +188,11 @@ class Messenger:
                 )
                 continue
             item.result = channel.send(item.message)
-
         with self.store.unit_of_work() as uow:
             updates = []
-            fallbacks = []
+            fallbacks: list[OutboxEntry] = []
             stopped: list[str] = []
-            for item in sends:
+            for item in chunk:
                 assert item.result is not None
                 updates.append(self._record(item, now, report, fallbacks, stopped))
             uow.update_messages(updates, release_claims=True)
@@ -181,10 +201,14 @@ class Messenger:
                 uow.set_sms_stopped(customer_id, True, now)
             report.fallbacks += len(fallbacks)
             uow.commit()
-        return report
 
     def _decide(
-        self, bundle: MessageBundle, now: datetime, report: DispatchReport, fallbacks: list[OutboxEntry]
+        self,
+        bundle: MessageBundle,
+        now: datetime,
+        report: DispatchReport,
+        fallbacks: list[OutboxEntry],
+        planned: list[datetime],
     ) -> MessageUpdate | None:
         """None to send now; otherwise the message's new state (deferred, skipped, canceled)."""
         entry, case = bundle.entry, bundle.case
@@ -230,7 +254,7 @@ class Messenger:
             bundle.reach,
             now=now,
             timezone=bundle.customer.timezone,
-            recent=list(bundle.recent),
+            recent=[*bundle.recent, *planned],
             rules=self.rules,
         )
         if verdict.send:

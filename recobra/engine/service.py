@@ -262,6 +262,9 @@ class Engine:
         if cmd.payment_method is not None:
             uow.upsert_payment_methods([cmd.payment_method])
         uow.upsert_subscriptions([cmd.subscription], update_status=True)
+        if cmd.subscription.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
+            # A customer who canceled and came back hears from us again.
+            uow.set_preferences(cmd.customer.id, cmd.occurred_at, suppressed=False)
         entries = campaign_messages(
             self.policies.campaigns,
             cmd.customer,
@@ -455,12 +458,18 @@ class Engine:
         return HandleResult(cmd.event_id, case_ids=tuple(c.id for c in cases))
 
     def _subscription_canceled(self, uow: UnitOfWork, cmd: SubscriptionCanceled) -> HandleResult:
+        customer_id = uow.customer_of_subscription(cmd.subscription_id)
+        if customer_id is None:
+            return HandleResult(cmd.event_id, note="unknown subscription: ignored")
         uow.set_subscription_statuses([(cmd.subscription_id, SubscriptionStatus.CANCELED)])
         cases = uow.active_cases(subscription_id=cmd.subscription_id)
         why = f": {cmd.reason}" if cmd.reason else ""
-        customers = {c.customer_id for c in cases}
-        for customer_id in customers:
-            uow.set_suppressed(customer_id, cmd.occurred_at)
+        uow.set_suppressed(customer_id, cmd.occurred_at)
+        # The Basecamp-style confirmation (and a later win-back, if opted in) follows
+        # every cancellation, whether or not a payment was failing.
+        uow.add_messages(
+            self._cancellation_messages(customer_id, cmd.subscription_id, cases, cmd.occurred_at)
+        )
         for case in cases:
             case.transition_to(
                 CaseStatus.CANCELED, at=cmd.occurred_at, reason=f"customer canceled the subscription{why}"
@@ -524,6 +533,30 @@ class Engine:
                 )
         return entries
 
+    def _cancellation_messages(
+        self, customer_id: str, subscription_id: str, cases: Sequence[DunningCase], at: datetime
+    ) -> list[OutboxEntry]:
+        entries = []
+        for kind in (MessageKind.SUBSCRIPTION_CANCELED, MessageKind.WIN_BACK):
+            rule = self.policies.notifications.get(kind)
+            if rule is None:
+                continue
+            step = f"{kind}@{at:%Y%m%dT%H%M%S}"
+            for channel in rule.channels:
+                entries.append(
+                    OutboxEntry(
+                        key=message_key(f"sub:{subscription_id}", step, channel),
+                        customer_id=customer_id,
+                        case_id=cases[0].id if cases else None,
+                        kind=kind,
+                        channel=channel,
+                        step=step,
+                        due_at=at + rule.delay,
+                        context={"for_subscription": subscription_id},
+                    )
+                )
+        return entries
+
     def _notifications(self, case: DunningCase) -> list[OutboxEntry]:
         """Messages that this case's new (not yet saved) events trigger."""
         kinds: list[tuple[MessageKind, datetime]] = []
@@ -532,9 +565,6 @@ class Engine:
                 kinds.append((MessageKind.PAYMENT_METHOD_UPDATED, event.at))
             elif event.kind is EventKind.STATUS_CHANGED and event.to_status is CaseStatus.RECOVERED:
                 kinds.append((MessageKind.PAYMENT_RECOVERED, event.at))
-            elif event.kind is EventKind.STATUS_CHANGED and event.to_status is CaseStatus.CANCELED:
-                kinds.append((MessageKind.SUBSCRIPTION_CANCELED, event.at))
-                kinds.append((MessageKind.WIN_BACK, event.at))
         entries = []
         for kind, at in kinds:
             rule = self.policies.notifications.get(kind)

@@ -11,12 +11,14 @@ from babel import Locale, UnknownLocaleError
 from recobra.domain.case import CaseStatus, NextAction
 from recobra.domain.messages import ChannelKind, MessageKind
 from recobra.domain.policy import PolicySet
+from recobra.engine.campaigns import card_expiry_end
 from recobra.messages.links import LinkSigner
 from recobra.messages.render import MessageContext, Rendered, Renderer
 from recobra.ports import MessageBundle, OutgoingMessage
 
 LINK_TTL = timedelta(days=21)
-"""Long enough to outlive the dunning window a message belongs to, short enough to expire."""
+"""The shortest life of a customer's link."""
+LINK_GRACE = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +56,19 @@ class TemplateComposer:
         subject = case.id if case else customer.id
         method = bundle.payment_method
 
+        final_at = case.opened_at + policy.final_offset if case and policy else None
+        # A link lives at least until what the message is about (the final action, the
+        # renewal, the card's expiry), and a week more.
+        horizon = final_at or bundle.renews_at
+        if entry.kind is MessageKind.CARD_EXPIRING and method is not None:
+            horizon = card_expiry_end(method, customer.timezone)
+        ttl = max(LINK_TTL, horizon - now + LINK_GRACE) if horizon else LINK_TTL
+
         def link(purpose: str, who: str = subject) -> str:
-            return self.links.make(purpose, who, now=now, ttl=LINK_TTL, extra={"message": entry.key})
+            return self.links.make(purpose, who, now=now, ttl=ttl, extra={"message": entry.key})
 
         benefits_by_plan = self.policies.benefits
         per_locale = benefits_by_plan.get(bundle.plan_id or "") or benefits_by_plan.get("*") or {}
-        final_at = case.opened_at + policy.final_offset if case and policy else None
         canceled = entry.kind in (MessageKind.SUBSCRIPTION_CANCELED, MessageKind.WIN_BACK)
         closed_at = case.closed_at if case and case.status is CaseStatus.CANCELED else None
         return MessageContext(

@@ -758,6 +758,11 @@ class SqlUnitOfWork:
         stmt = _LOCK_CASES[self.conn.dialect.name == "postgresql"]
         return {r.id: r.version for r in self.conn.execute(stmt, {"ids": list(case_ids)})}
 
+    def customer_of_subscription(self, subscription_id: str) -> str | None:
+        table = SubscriptionRow.__table__
+        value: str | None = self.conn.scalar(select(table.c.customer_id).where(table.c.id == subscription_id))
+        return value
+
     def customers_with_phone(self, phone: str) -> list[str]:
         return list(self.conn.scalars(select(customers_t.c.id).where(customers_t.c.phone == phone)))
 
@@ -971,7 +976,9 @@ class SqlUnitOfWork:
         }
         notes = {r.id: (r.data or {}).get("context") or {} for r in rows}
         subscription_ids = {c.subscription_id for c in cases.values() if c.subscription_id} | {
-            n["subscription"] for n in notes.values() if "subscription" in n
+            n.get("subscription") or n["for_subscription"]
+            for n in notes.values()
+            if "subscription" in n or "for_subscription" in n
         }
         plans = {r.id: r for r in self.conn.execute(_PLANS_BY_SUBSCRIPTION, {"ids": list(subscription_ids)})}
         siblings: dict[tuple[str, str], list[tuple[str, str, bool]]] = {}
@@ -989,7 +996,11 @@ class SqlUnitOfWork:
             subs = push.get(r.customer_id, [])
             case = cases.get(r.case_id) if r.case_id else None
             method = methods.get(case.payment_method_id) if case else defaults.get(r.customer_id)
-            subscription_id = case.subscription_id if case else notes[r.id].get("subscription")
+            subscription_id = (
+                case.subscription_id
+                if case
+                else notes[r.id].get("subscription") or notes[r.id].get("for_subscription")
+            )
             plan = plans.get(subscription_id) if subscription_id else None
             reach = Reachability(
                 email=customer.email,

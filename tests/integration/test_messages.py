@@ -224,9 +224,7 @@ def messenger_factory(store: SqlStore, smtp: SmtpSink, files: Path) -> Messenger
             ChannelKind.PUSH: FileChannel(files),
             ChannelKind.VOICE: FileChannel(files),
         }
-        return Messenger(
-            store, channels, composer, rules=rules, worker_id=worker_id, batch_size=batch_size
-        )
+        return Messenger(store, channels, composer, rules=rules, worker_id=worker_id, batch_size=batch_size)
 
     return make
 
@@ -274,8 +272,13 @@ WorldFactory = Callable[..., World]
 
 @pytest.fixture
 def world_factory(
-    store: SqlStore, gateway: SimulatedGateway, messenger_factory: MessengerFactory, db: Db,
-    commands: Commands, smtp: SmtpSink, files: Path,
+    store: SqlStore,
+    gateway: SimulatedGateway,
+    messenger_factory: MessengerFactory,
+    db: Db,
+    commands: Commands,
+    smtp: SmtpSink,
+    files: Path,
 ) -> WorldFactory:
     def make(policy_text: str | PolicySet = DUNNING, *, rules: DeliveryRules | None = None) -> World:
         engine = Engine(store, gateway, as_policies(policy_text), NoHolidays(), worker_id="engine-1")
@@ -303,7 +306,12 @@ def failed(
     occurred_at: datetime | None = None,
 ) -> PaymentFailed:
     cmd = commands.payment_failed(
-        key_, timezone=timezone, country=country, currency=currency, amount=amount, token=token,
+        key_,
+        timezone=timezone,
+        country=country,
+        currency=currency,
+        amount=amount,
+        token=token,
         occurred_at=occurred_at,
     )
     return replace(cmd, customer=replace(cmd.customer, locale=locale, phone=phone))
@@ -360,8 +368,15 @@ def test_a_failed_payment_queues_the_policys_message_steps(world: World):
 
 def test_the_first_notice_goes_out_by_smtp_in_spanish_with_a_signed_link(world: World):
     world.handle(
-        failed(world.commands, "es", locale="es", timezone="Europe/Madrid", country="ES", currency="EUR",
-               amount=1950)
+        failed(
+            world.commands,
+            "es",
+            locale="es",
+            timezone="Europe/Madrid",
+            country="ES",
+            currency="EUR",
+            amount=1950,
+        )
     )
     case = Commands.case_id("es")
     assert world.dispatch(T0 - timedelta(seconds=1)).claimed == 0
@@ -540,7 +555,8 @@ def test_win_back_goes_only_to_customers_who_opted_in_after_its_delay(world: Wor
 
     win_backs = {r["customer_id"]: r for r in world.rows() if r["kind"] == "win_back"}
     assert {c: r["due_at"] for c, r in win_backs.items()} == {
-        "cus_in": at + 30 * DAY, "cus_out": at + 30 * DAY,
+        "cus_in": at + 30 * DAY,
+        "cus_out": at + 30 * DAY,
     }
     assert world.dispatch(at + 30 * DAY - MINUTE).sent == 0  # (the reminders are canceled)
 
@@ -554,8 +570,11 @@ def test_win_back_goes_only_to_customers_who_opted_in_after_its_delay(world: Wor
     assert world.row(win_backs["cus_in"]["key"])["status"] == "sent"
     out = world.row(win_backs["cus_out"]["key"])
     assert (out["status"], out["reason"]) == ("skipped", "win-back is sent only to customers who opted in")
-    assert not [m for m in world.smtp.messages() if m["To"] == "out@example.com" and
-                m["X-Recobra-Key"] == win_backs["cus_out"]["key"]]
+    assert not [
+        m
+        for m in world.smtp.messages()
+        if m["To"] == "out@example.com" and m["X-Recobra-Key"] == win_backs["cus_out"]["key"]
+    ]
 
 
 # =========================================================================== 3. delivery rules
@@ -568,8 +587,11 @@ def test_win_back_goes_only_to_customers_who_opted_in_after_its_delay(world: Wor
         ("America/Mexico_City", T0, datetime(2025, 3, 3, 14, 0, tzinfo=UTC)),
         # 22:30 the evening before in New York, the day daylight saving starts there:
         # 08:00 EDT next morning is 12:00 UTC (it would be 13:00 in winter).
-        ("America/New_York", datetime(2025, 3, 9, 2, 30, tzinfo=UTC),
-         datetime(2025, 3, 9, 12, 0, tzinfo=UTC)),
+        (
+            "America/New_York",
+            datetime(2025, 3, 9, 2, 30, tzinfo=UTC),
+            datetime(2025, 3, 9, 12, 0, tzinfo=UTC),
+        ),
         # 23:00 in Tokyo: waits until 08:00 the next day there (23:00 UTC).
         ("Asia/Tokyo", datetime(2025, 3, 3, 14, 0, tzinfo=UTC), datetime(2025, 3, 3, 23, 0, tzinfo=UTC)),
     ],
@@ -707,8 +729,10 @@ def test_a_stop_reply_matches_the_customers_number_however_it_was_written(world_
     send replies in E.164. The STOP is for that customer all the same."""
     world = world_factory(SMS_STEPS)
     case = Commands.case_id("1")
-    world.handle(failed(world.commands, "1", phone="+52 55 1234 5678"),
-                 preferences(world.commands, "1", T0, sms_consent=True))
+    world.handle(
+        failed(world.commands, "1", phone="+52 55 1234 5678"),
+        preferences(world.commands, "1", T0, sms_consent=True),
+    )
     assert world.dispatch(T0).sent == 1
 
     result = world.engine.handle(
@@ -746,8 +770,14 @@ def test_a_customer_who_canceled_and_came_back_is_dunned_again(world: World):
     world.dispatch(T0 + DAY)
     back = T0 + 10 * DAY
     customer = world.commands.customer("1")
-    world.handle(SubscriptionUpdated(event_id="evt_back", occurred_at=back, customer=customer,
-                                     subscription=world.commands.subscription("1")))
+    world.handle(
+        SubscriptionUpdated(
+            event_id="evt_back",
+            occurred_at=back,
+            customer=customer,
+            subscription=world.commands.subscription("1"),
+        )
+    )
     later = T0 + 40 * DAY
     again = failed(world.commands, "1", occurred_at=later)
     world.handle(replace(again, invoice=replace(again.invoice, id="in_1_again")))
@@ -813,8 +843,15 @@ def test_a_reachable_push_channel_needs_no_fallback(world_factory: WorldFactory)
     )
     world.handle(failed(world.commands, "1"))
     subscription = '{"endpoint": "https://push.example.test/abc", "keys": {"p256dh": "x", "auth": "y"}}'
-    world.handle(PushSubscribed(event_id="push_1", occurred_at=T0 - HOUR, customer_id="cus_1",
-                                endpoint="https://push.example.test/abc", subscription=subscription))
+    world.handle(
+        PushSubscribed(
+            event_id="push_1",
+            occurred_at=T0 - HOUR,
+            customer_id="cus_1",
+            endpoint="https://push.example.test/abc",
+            subscription=subscription,
+        )
+    )
     case = Commands.case_id("1")
 
     report = world.dispatch(T0)
@@ -1014,7 +1051,8 @@ def test_fallback_after_is_canceled_when_the_customer_clicked(world_factory: Wor
 
     world.execute(
         "UPDATE messages SET clicked_at = :at WHERE key = :key",
-        at=T0 + 5 * HOUR, key=key(case, "m0", "email"),
+        at=T0 + 5 * HOUR,
+        key=key(case, "m0", "email"),
     )
     report = world.dispatch(T0 + 2 * DAY)
 
@@ -1053,21 +1091,43 @@ CARD_END = datetime(2025, 5, 1, 5, 0, tzinfo=UTC)
 def card(
     pm_id: str = "pm_1", *, exp_month: int = 4, exp_year: int = 2025, last4: str = "4242"
 ) -> PaymentMethod:
-    return PaymentMethod(id=pm_id, customer_id="cus_1", gateway_token="tok_sim_ok", brand="visa",
-                         last4=last4, exp_month=exp_month, exp_year=exp_year)
+    return PaymentMethod(
+        id=pm_id,
+        customer_id="cus_1",
+        gateway_token="tok_sim_ok",
+        brand="visa",
+        last4=last4,
+        exp_month=exp_month,
+        exp_year=exp_year,
+    )
 
 
 def subscription_updated(
-    commands: Commands, *, at: datetime = T0, renews_at: datetime | None = RENEWS_AT,
-    method: PaymentMethod | None = None, interval: Interval = Interval.YEAR,
+    commands: Commands,
+    *,
+    at: datetime = T0,
+    renews_at: datetime | None = RENEWS_AT,
+    method: PaymentMethod | None = None,
+    interval: Interval = Interval.YEAR,
     status: SubscriptionStatus = SubscriptionStatus.ACTIVE,
 ) -> SubscriptionUpdated:
     customer = replace(commands.customer("1", timezone="America/Bogota", country="CO"), locale="es")
     plan = Plan(id=f"plan_{interval}", name="Pro anual", interval=interval, price=Money(19900, "USD"))
-    sub = Subscription(id="sub_1", customer_id="cus_1", plan=plan, status=status,
-                       started_at=T0 - 300 * DAY, renews_at=renews_at)
-    return SubscriptionUpdated(event_id=commands.event_id(), occurred_at=at, customer=customer,
-                               subscription=sub, payment_method=method or card())
+    sub = Subscription(
+        id="sub_1",
+        customer_id="cus_1",
+        plan=plan,
+        status=status,
+        started_at=T0 - 300 * DAY,
+        renews_at=renews_at,
+    )
+    return SubscriptionUpdated(
+        event_id=commands.event_id(),
+        occurred_at=at,
+        customer=customer,
+        subscription=sub,
+        payment_method=method or card(),
+    )
 
 
 def test_subscription_updates_plan_renewal_and_card_reminders_once(world_factory: WorldFactory):
@@ -1085,20 +1145,24 @@ def test_subscription_updates_plan_renewal_and_card_reminders_once(world_factory
     rows = world.rows()
     assert all(r["case_id"] is None and r["status"] == "scheduled" for r in rows)
     assert {r["key"] for r in rows if r["kind"] == "card_expiring"} == {
-        "card:pm_1:2025-04:card-expiring:30d:email", "card:pm_1:2025-04:card-expiring:7d:email",
+        "card:pm_1:2025-04:card-expiring:30d:email",
+        "card:pm_1:2025-04:card-expiring:7d:email",
     }
     # The same update again (a new event id) plans nothing twice.
     world.handle(subscription_updated(world.commands, at=T0 + HOUR))
     assert [(r["key"], r["due_at"]) for r in world.rows()] == [(r["key"], r["due_at"]) for r in rows]
-    # A monthly plan gets no renewal reminders (the campaign is for annual plans).
+    # Nothing is due for weeks.
     assert world.dispatch(T0 + DAY).claimed == 0
 
 
 def test_pre_dunning_reminders_are_sent_at_their_offsets(world_factory: WorldFactory):
     world = world_factory(CAMPAIGNS)
     world.handle(subscription_updated(world.commands))
-    renewal_key = next(r["key"] for r in world.rows()
-                       if r["kind"] == "renewal_upcoming" and r["due_at"] == RENEWS_AT - 30 * DAY)
+    renewal_key = next(
+        r["key"]
+        for r in world.rows()
+        if r["kind"] == "renewal_upcoming" and r["due_at"] == RENEWS_AT - 30 * DAY
+    )
     card_key = "card:pm_1:2025-04:card-expiring:30d:email"
 
     # The card reminder falls at midnight in Bogotá: quiet hours hold it until 08:00 there.
@@ -1132,8 +1196,11 @@ def test_a_new_card_cancels_the_old_cards_reminders_at_send_time(world_factory: 
     world.handle(subscription_updated(world.commands))
     old_30d = "card:pm_1:2025-04:card-expiring:30d:email"
 
-    world.handle(subscription_updated(world.commands, at=T0 + DAY,
-                                      method=card("pm_2", exp_month=9, exp_year=2027, last4="1881")))
+    world.handle(
+        subscription_updated(
+            world.commands, at=T0 + DAY, method=card("pm_2", exp_month=9, exp_year=2027, last4="1881")
+        )
+    )
 
     assert world.row(old_30d)["status"] == "scheduled"  # dropped only when due
     assert "card:pm_2:2027-09:card-expiring:30d:email" in world.statuses()
@@ -1175,8 +1242,13 @@ def test_a_canceled_subscription_gets_no_more_pre_dunning_reminders(world_factor
     for due in sorted({r["due_at"] for r in world.rows()}):
         world.dispatch(due + 8 * HOUR)
 
-    assert world.smtp.sent_keys() == []
-    statuses = {r["key"]: (r["status"], r["reason"]) for r in world.rows()}
+    # Only the cancellation confirmation goes out; every reminder is dropped.
+    sent = world.smtp.sent_keys()
+    assert len(sent) == 1
+    assert sent[0].startswith("sub:sub_1:subscription_canceled@")
+    statuses = {
+        r["key"]: (r["status"], r["reason"]) for r in world.rows() if "subscription_canceled" not in r["key"]
+    }
     assert all(s in ("canceled", "skipped") for s, _ in statuses.values()), statuses
 
 

@@ -19,12 +19,23 @@ DAY, HOUR = timedelta(days=1), timedelta(hours=1)
 NOW = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
 RENEWS_AT = datetime(2025, 5, 10, 15, 0, tzinfo=UTC)
 
-CARD_CAMPAIGN = Campaign("card-expiring", MessageKind.CARD_EXPIRING, (30 * DAY, 7 * DAY),
-                         (ChannelKind.EMAIL, ChannelKind.IN_APP))
-RENEWAL_CAMPAIGN = Campaign("annual-renewal", MessageKind.RENEWAL_UPCOMING, (30 * DAY,),
-                            (ChannelKind.EMAIL,), intervals=frozenset({Interval.YEAR}))
-OFFER_CAMPAIGN = Campaign("renewal-offer", MessageKind.RENEWAL_OFFER, (14 * DAY + 12 * HOUR,),
-                          (ChannelKind.EMAIL,), offer="20% off if you renew this week")
+CARD_CAMPAIGN = Campaign(
+    "card-expiring", MessageKind.CARD_EXPIRING, (30 * DAY, 7 * DAY), (ChannelKind.EMAIL, ChannelKind.IN_APP)
+)
+RENEWAL_CAMPAIGN = Campaign(
+    "annual-renewal",
+    MessageKind.RENEWAL_UPCOMING,
+    (30 * DAY,),
+    (ChannelKind.EMAIL,),
+    intervals=frozenset({Interval.YEAR}),
+)
+OFFER_CAMPAIGN = Campaign(
+    "renewal-offer",
+    MessageKind.RENEWAL_OFFER,
+    (14 * DAY + 12 * HOUR,),
+    (ChannelKind.EMAIL,),
+    offer="20% off if you renew this week",
+)
 
 
 def customer(timezone: str = "UTC") -> Customer:
@@ -32,16 +43,29 @@ def customer(timezone: str = "UTC") -> Customer:
 
 
 def card(pm_id: str = "pm_1", *, exp_month: int = 4, exp_year: int = 2025) -> PaymentMethod:
-    return PaymentMethod(id=pm_id, customer_id="cus_1", gateway_token="tok", brand="visa", last4="4242",
-                         exp_month=exp_month, exp_year=exp_year)
+    return PaymentMethod(
+        id=pm_id,
+        customer_id="cus_1",
+        gateway_token="tok",
+        brand="visa",
+        last4="4242",
+        exp_month=exp_month,
+        exp_year=exp_year,
+    )
 
 
 def subscription(
     *, interval: Interval = Interval.YEAR, renews_at: datetime | None = RENEWS_AT
 ) -> Subscription:
     plan = Plan(id="plan_pro", name="Pro", interval=interval, price=Money(19900, "EUR"))
-    return Subscription(id="sub_1", customer_id="cus_1", plan=plan, status=SubscriptionStatus.ACTIVE,
-                        started_at=NOW - 300 * DAY, renews_at=renews_at)
+    return Subscription(
+        id="sub_1",
+        customer_id="cus_1",
+        plan=plan,
+        status=SubscriptionStatus.ACTIVE,
+        started_at=NOW - 300 * DAY,
+        renews_at=renews_at,
+    )
 
 
 # --------------------------------------------------------------------------- card_expiry_end
@@ -90,7 +114,7 @@ def test_card_reminders_at_each_offset_on_each_channel():
         assert entry.kind is MessageKind.CARD_EXPIRING
         assert (entry.customer_id, entry.case_id) == ("cus_1", None)
         assert entry.step == f"card-expiring:{entry.key.split(':')[4]}"
-        assert dict(entry.context) == {"payment_method": "pm_1"}
+        assert dict(entry.context) == {"payment_method": "pm_1", "subscription": "sub_1"}
         assert (entry.fallback, entry.fallback_after, entry.only_if_unclicked) == ((), None, False)
 
 
@@ -132,8 +156,14 @@ def test_nothing_to_plan_without_a_card_a_renewal_date_or_the_right_interval():
     monthly = campaign_messages(campaigns, customer(), subscription(interval=Interval.MONTH), None, now=NOW)
     assert monthly == []
     any_interval = Campaign("renewal", MessageKind.RENEWAL_UPCOMING, (30 * DAY,), (ChannelKind.EMAIL,))
-    assert len(campaign_messages([any_interval], customer(), subscription(interval=Interval.MONTH), None,
-                                 now=NOW)) == 1
+    assert (
+        len(
+            campaign_messages(
+                [any_interval], customer(), subscription(interval=Interval.MONTH), None, now=NOW
+            )
+        )
+        == 1
+    )
 
 
 def test_the_same_update_plans_the_same_keys_and_a_new_card_or_date_new_ones():
@@ -170,14 +200,16 @@ def _context(entry_index: int = 0, campaigns: list[Campaign] | None = None) -> M
 
 
 def test_a_card_reminder_is_relevant_while_the_card_is_the_default():
-    assert still_relevant(_context(), default_method_id="pm_1", subscription_status=None, renews_at=None) == (
-        True, "")
+    assert still_relevant(
+        _context(), default_method_id="pm_1", subscription_status="active", renews_at=None
+    ) == (True, "")
 
 
 @pytest.mark.parametrize("default", ["pm_2", None])
 def test_a_replaced_card_drops_its_reminders(default: str | None):
-    assert still_relevant(_context(), default_method_id=default, subscription_status="active",
-                          renews_at=RENEWS_AT) == (False, "the card was replaced")
+    assert still_relevant(
+        _context(), default_method_id=default, subscription_status="active", renews_at=RENEWS_AT
+    ) == (False, "the card was replaced")
 
 
 @pytest.mark.parametrize("status", ["active", "past_due"])
