@@ -57,6 +57,8 @@ class Settings(BaseModel):
     """Signs those webhooks (HMAC-SHA256); "env:NAME" reads it from the environment."""
     webhook_events: list[str] = Field(default_factory=list)
     """Case event kinds to send; empty: all of them."""
+    in_app_origins: list[str] = Field(default_factory=list)
+    """Origins of the operator's app allowed to read in-app notices from the browser."""
     quiet_start: int = Field(default=21, ge=0, le=23)
     quiet_end: int = Field(default=8, ge=0, le=23)
     max_messages_per_day: int = Field(default=2, ge=1)
@@ -78,16 +80,16 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             raise SettingsError(f"{path}: cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{path}: not valid TOML: {exc}") from None
-    fields = set(Settings.model_fields) - {
-        "gateway_settings",
-        "channels",
-        "channel_settings",
-        "webhook_events",
-    }
+    lists = {"webhook_events", "in_app_origins"}
+    fields = set(Settings.model_fields) - {"gateway_settings", "channels", "channel_settings"} - lists
     for name in fields:
         value = os.environ.get(ENV_PREFIX + name.upper())
         if value is not None:
             data[name] = value
+    for name in lists:
+        value = os.environ.get(ENV_PREFIX + name.upper())
+        if value is not None:  # comma-separated
+            data[name] = [item.strip() for item in value.split(",") if item.strip()]
     gateway_settings = dict(data.get("gateway_settings", {}))
     for key, value in os.environ.items():
         if key.startswith(GATEWAY_PREFIX):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from recobra.domain.case import ACTIVE_STATUSES
@@ -248,10 +248,14 @@ class Messenger:
                 "not needed: delivered on another channel",
                 bundle.attempts,
             )
+        reach = bundle.reach
+        if entry.context.get("requested_by_customer") == "1":
+            # The customer asked for this very message (pressed 1 on the call).
+            reach = replace(reach, sms_consent=True)
         verdict = decide_delivery(
             entry.kind,
             entry.channel,
-            bundle.reach,
+            reach,
             now=now,
             timezone=bundle.customer.timezone,
             recent=[*bundle.recent, *planned],

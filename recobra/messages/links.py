@@ -40,9 +40,10 @@ __all__ = [
     "SignedLink",
 ]
 
-PURPOSES = frozenset({"update_payment", "cancel", "reactivate", "unsubscribe", "click"})
+PURPOSES = frozenset({"update_payment", "cancel", "reactivate", "unsubscribe", "click", "notices"})
 """What a link may be for: update the payment method, cancel, reactivate, unsubscribe
-from messages, and ``click`` (a tracked redirect, the target in ``extra``)."""
+from messages, ``click`` (a tracked redirect, the target in ``extra``), and ``notices``
+(a customer's in-app notices, minted by the operator's backend for its logged-in user)."""
 
 MIN_SECRET_LENGTH = 32
 

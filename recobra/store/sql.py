@@ -807,6 +807,49 @@ class SqlUnitOfWork:
             )
         self.conn.execute(_FINISH_ATTEMPTS, rows)
 
+    def message_by_key(self, key: str) -> OutboxEntry | None:
+        row = self.conn.execute(select(messages_t).where(messages_t.c.key == key)).first()
+        return _entry_from_row(row) if row else None
+
+    def customer_locale(self, customer_id: str) -> str | None:
+        value: str | None = self.conn.scalar(
+            select(customers_t.c.locale).where(customers_t.c.id == customer_id)
+        )
+        return value
+
+    # -- in-app notices
+    def pending_notices(self, customer_id: str, *, limit: int = 5) -> list[dict[str, Any]]:
+        """A customer's in-app notices not yet seen, newest first."""
+        rows = self.conn.execute(
+            select(messages_t.c.key, messages_t.c.kind, messages_t.c.sent_at, messages_t.c.data)
+            .where(
+                messages_t.c.customer_id == customer_id,
+                messages_t.c.channel == ChannelKind.IN_APP.value,
+                messages_t.c.status == MessageStatus.SENT.value,
+                messages_t.c.seen_at.is_(None),
+            )
+            .order_by(messages_t.c.sent_at.desc())
+            .limit(limit)
+        )
+        return [
+            {"key": r.key, "kind": r.kind, "sent_at": r.sent_at, **(r.data or {})}
+            for r in rows
+        ]
+
+    def mark_notice_seen(self, customer_id: str, key: str, at: datetime) -> bool:
+        """Record that the customer saw an in-app notice; False if it is not theirs."""
+        result = self.conn.execute(
+            update(messages_t)
+            .where(
+                messages_t.c.key == key,
+                messages_t.c.customer_id == customer_id,
+                messages_t.c.channel == ChannelKind.IN_APP.value,
+                messages_t.c.seen_at.is_(None),
+            )
+            .values(seen_at=at)
+        )
+        return bool(result.rowcount)
+
     # -- the event relay
     def claim_relay(self, name: str, now: datetime, *, worker_id: str, lease: timedelta) -> int | None:
         _upsert(

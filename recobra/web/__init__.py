@@ -1,0 +1,1 @@
+"""Recobra's HTTP service: the API, customers' hosted endpoints, provider webhooks."""

@@ -1,0 +1,39 @@
+"""The application factory: nothing is created at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from recobra.web import problems
+from recobra.web.services import Services
+
+
+def create_app(services: Services) -> FastAPI:
+    """The whole service on ``services``: routers are added here, one per concern."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        services.close()
+
+    app = FastAPI(
+        title="Recobra",
+        summary="Recover failed subscription payments and keep customers.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    problems.install(app)
+    for include in _routers():
+        include(app)
+    return app
+
+
+def _routers() -> list[Callable[[FastAPI], None]]:
+    """Each concern's ``include(app)``."""
+    from recobra.web import api, customer, health, providers  # noqa: PLC0415
+
+    return [health.include, api.include, customer.include, providers.include]

@@ -1,0 +1,50 @@
+"""What request handlers work with, built once per application (never at import)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from recobra.bootstrap import build_engine, load_policies, open_store
+from recobra.engine.service import Engine
+from recobra.messages.links import LinkSigner
+from recobra.settings import Settings, SettingsError
+from recobra.store.sql import SqlStore
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class Services:
+    """The store, the engine and the link signer of one running service."""
+
+    settings: Settings
+    store: SqlStore
+    engine: Engine
+    links: LinkSigner
+    clock: Callable[[], datetime] = field(default=_wall_clock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Services:
+        if not settings.link_secret:
+            raise SettingsError(
+                "the service needs RECOBRA_LINK_SECRET (32+ characters) to sign customers' links"
+            )
+        store = open_store(settings.database_url)
+        engine = build_engine(settings, store=store, policies=load_policies(settings))
+        return cls(
+            settings=settings,
+            store=store,
+            engine=engine,
+            links=LinkSigner(settings.link_secret, settings.public_url),
+            clock=clock or _wall_clock,
+        )
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def close(self) -> None:
+        self.store.dispose()
