@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install install-test bench clean
+.PHONY: demo test lint install install-test bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,18 @@ demo: $(VENV)/.installed
 
 ## Lint, type-check, check the architecture, then run every test. The suite runs on
 ## SQLite, and on PostgreSQL too when RECOBRA_TEST_DATABASE_URL is set.
-test: $(VENV)/.installed-test lint
+test: $(VENV)/.installed-test lint chromium
 	$(BIN)/pytest
+
+## Browser tests drive Debian's Chromium, launched by path (no browser download).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "the browser tests need Chromium: sudo apt-get install chromium"; exit 1; \
+	  fi; }
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check recobra tests benchmarks

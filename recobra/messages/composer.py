@@ -77,7 +77,7 @@ class TemplateComposer:
             timezone=customer.timezone,
             company_name=self.sender.company_name,
             support_email=self.sender.support_email,
-            plan_name=bundle.plan_name or "",
+            plan_name=bundle.plan_name or self.sender.company_name,
             amount=case.amount if case else None,
             card_brand=method.brand if method else None,
             card_last4=method.last4 if method else None,
