@@ -222,6 +222,8 @@ class MessageStatus(StrEnum):
     """No longer needed: the case was recovered or closed, or a fallback was not needed."""
     UNKNOWN = "unknown"
     """A worker stopped while sending: it may have gone out. Never resent (at most once)."""
+    BOUNCED = "bounced"
+    """Accepted by the provider, then reported undeliverable (bounce, carrier failure)."""
 
 
 SETTLED = frozenset(

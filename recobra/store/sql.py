@@ -817,6 +817,22 @@ class SqlUnitOfWork:
         )
         return value
 
+    def record_bounce(
+        self, *, provider_id: str | None, key: str | None, reason: str, at: datetime
+    ) -> str | None:
+        """A provider reports a sent message undeliverable; returns the message's key."""
+        where = messages_t.c.provider_id == provider_id if provider_id else messages_t.c.key == key
+        row = self.conn.execute(select(messages_t.c.key, messages_t.c.status).where(where)).first()
+        if row is None:
+            return None
+        if row.status == MessageStatus.SENT.value:
+            self.conn.execute(
+                update(messages_t)
+                .where(messages_t.c.key == row.key)
+                .values(status=MessageStatus.BOUNCED.value, reason=f"bounced: {reason}"[:2000])
+            )
+        return str(row.key)
+
     # -- in-app notices
     def pending_notices(self, customer_id: str, *, limit: int = 5) -> list[dict[str, Any]]:
         """A customer's in-app notices not yet seen, newest first."""
@@ -831,10 +847,7 @@ class SqlUnitOfWork:
             .order_by(messages_t.c.sent_at.desc())
             .limit(limit)
         )
-        return [
-            {"key": r.key, "kind": r.kind, "sent_at": r.sent_at, **(r.data or {})}
-            for r in rows
-        ]
+        return [{"key": r.key, "kind": r.kind, "sent_at": r.sent_at, **(r.data or {})} for r in rows]
 
     def mark_notice_seen(self, customer_id: str, key: str, at: datetime) -> bool:
         """Record that the customer saw an in-app notice; False if it is not theirs."""

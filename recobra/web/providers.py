@@ -106,5 +106,23 @@ async def voice_gather(
     return Response(str(reply), media_type=TWIML)
 
 
+# Twilio's final delivery states that mean the SMS or call never reached the customer.
+_UNDELIVERED = {"undelivered", "failed", "busy", "no-answer", "canceled"}
+
+
+@router.post("/status")
+async def delivery_status(request: Request, svc: Annotated[Services, Depends(services)]) -> Response:
+    """Twilio's status callback for SMS and calls: undelivered ones become 'bounced'."""
+    form = await _verified_form(request, svc, "sms")
+    sid = form.get("MessageSid") or form.get("CallSid") or ""
+    status = (form.get("MessageStatus") or form.get("CallStatus") or "").lower()
+    if sid and status in _UNDELIVERED:
+        reason = f"twilio {status}" + (f" (error {form['ErrorCode']})" if form.get("ErrorCode") else "")
+        with svc.store.unit_of_work() as uow:
+            uow.record_bounce(provider_id=sid, key=None, reason=reason, at=svc.now())
+            uow.commit()
+    return Response(status_code=204)
+
+
 def include(app: FastAPI) -> None:
     app.include_router(router)

@@ -83,13 +83,20 @@ def service(tmp_path: Path) -> Iterator[tuple[str, Services]]:
 
     customer = Customer("cus_1", "ana@example.com", "es", "UTC", "MX", "Ana")
     method = PaymentMethod("pm_1", "cus_1", "tok_1", "visa", "4242", 12, 2030, Funding.DEBIT)
-    invoice = Invoice("in_1", "cus_1", None, Money(29900, "MXN"), InvoiceStatus.OPEN, now - timedelta(hours=1))
-    engine.handle(PaymentFailed("evt_1", now - timedelta(hours=1), customer, invoice, method,
-                                decline_code="insufficient_funds"))
+    invoice = Invoice(
+        "in_1", "cus_1", None, Money(29900, "MXN"), InvoiceStatus.OPEN, now - timedelta(hours=1)
+    )
+    engine.handle(
+        PaymentFailed(
+            "evt_1", now - timedelta(hours=1), customer, invoice, method, decline_code="insufficient_funds"
+        )
+    )
     composer = TemplateComposer(Renderer(), links, policies.policies, Sender("Acme", "ayuda@example.com"))
     Messenger(store, {ChannelKind.IN_APP: InAppChannel()}, composer).dispatch(now)
 
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -145,8 +152,15 @@ def test_the_banner_shows_the_notice_and_marks_it_seen(service, operator_page) -
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         try:
             tab = browser.new_page(viewport={"width": 390, "height": 844})  # a phone-sized screen

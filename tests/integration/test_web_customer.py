@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import pytest
 from conftest import T0, Commands, Db, EngineFactory
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from recobra.channels.in_app import InAppChannel
 from recobra.domain.messages import ChannelKind
@@ -22,6 +23,7 @@ from recobra.messages.links import LinkSigner
 from recobra.messages.render import Renderer
 from recobra.policyfile import parse_policy
 from recobra.settings import Settings
+from recobra.store.keys import create_key
 from recobra.store.sql import SqlStore
 from recobra.web.app import create_app
 from recobra.web.services import Services
@@ -71,8 +73,9 @@ def world(store: SqlStore, engine_factory: EngineFactory, db: Db, database_url: 
     )
     links = LinkSigner(SECRET, PUBLIC)
     holder: dict[str, World] = {}
-    services = Services(settings=settings, store=store, engine=engine, links=links,
-                        clock=lambda: holder["w"].now)
+    services = Services(
+        settings=settings, store=store, engine=engine, links=links, clock=lambda: holder["w"].now
+    )
     composer = TemplateComposer(Renderer(), links, policies, Sender("Acme", "help@example.com"))
     messenger = Messenger(store, {ChannelKind.IN_APP: InAppChannel()}, composer)
     app = create_app(services)
@@ -96,8 +99,9 @@ def twilio_signature(url: str, params: dict[str, str]) -> str:
 def test_the_customer_sees_their_unseen_notice_once(world: World, commands: Commands) -> None:
     open_case(world, commands)
 
-    first = world.client.get("/notices", params={"token": world.token()},
-                             headers={"Origin": "https://app.example.com"})
+    first = world.client.get(
+        "/notices", params={"token": world.token()}, headers={"Origin": "https://app.example.com"}
+    )
     assert first.status_code == 200
     assert first.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
     notices = first.json()["notices"]
@@ -124,19 +128,23 @@ def test_notices_need_a_valid_token_for_that_customer(world: World, commands: Co
     bad = world.client.get("/notices", params={"token": tampered})
     assert bad.status_code == 401
     assert bad.json()["title"] == "Invalid notices token"
-    expired = world.services.links.token("notices", "cus_1", now=world.now - timedelta(hours=3),
-                                         ttl=timedelta(hours=1))
+    expired = world.services.links.token(
+        "notices", "cus_1", now=world.now - timedelta(hours=3), ttl=timedelta(hours=1)
+    )
     assert world.client.get("/notices", params={"token": expired}).status_code == 401
     wrong_purpose = world.services.links.token("unsubscribe", "cus_1", now=world.now, ttl=timedelta(hours=1))
     assert world.client.get("/notices", params={"token": wrong_purpose}).status_code == 401
     key = world.db.rows("messages")[0]["key"]
-    assert world.client.post(f"/notices/{key}/seen", params={"token": world.token("cus_x")}).status_code == 404
+    assert (
+        world.client.post(f"/notices/{key}/seen", params={"token": world.token("cus_x")}).status_code == 404
+    )
 
 
 def test_an_unlisted_origin_gets_no_cors_permission(world: World, commands: Commands) -> None:
     open_case(world, commands)
-    answer = world.client.get("/notices", params={"token": world.token()},
-                              headers={"Origin": "https://evil.example.net"})
+    answer = world.client.get(
+        "/notices", params={"token": world.token()}, headers={"Origin": "https://evil.example.net"}
+    )
     assert answer.status_code == 200
     assert "Access-Control-Allow-Origin" not in answer.headers
 
@@ -157,9 +165,12 @@ def test_a_signed_stop_reply_stops_sms_and_start_resumes_it(world: World, comman
     for body, stopped in (("Baja.", True), ("START", False)):
         form = {"From": phone, "To": "+15005550001", "Body": body, "MessageSid": f"SM{body[:3]}"}
         answer = world.client.post(
-            "/webhooks/twilio/sms", content=urlencode(form),
-            headers={"Content-Type": "application/x-www-form-urlencoded",
-                     "X-Twilio-Signature": twilio_signature(url, form)},
+            "/webhooks/twilio/sms",
+            content=urlencode(form),
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-Twilio-Signature": twilio_signature(url, form),
+            },
         )
         assert answer.status_code == 200
         assert answer.headers["content-type"].startswith("application/xml")
@@ -173,7 +184,8 @@ def test_an_unsigned_or_forged_twilio_request_changes_nothing(world: World, comm
     form = {"From": "+15005550006", "Body": "STOP", "MessageSid": "SM1"}
     for signature in ("", "forged", twilio_signature(f"{PUBLIC}/webhooks/twilio/other", form)):
         answer = world.client.post(
-            "/webhooks/twilio/sms", content=urlencode(form),
+            "/webhooks/twilio/sms",
+            content=urlencode(form),
             headers={"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature},
         )
         assert answer.status_code == 403
@@ -187,9 +199,12 @@ def test_pressing_1_on_the_call_queues_the_link_by_sms_once(world: World, comman
     form = {"Digits": "1", "CallSid": "CA1"}
     for _ in range(2):  # Twilio may retry: still one SMS
         answer = world.client.post(
-            f"/webhooks/twilio/gather?key={voice['key']}", content=urlencode(form),
-            headers={"Content-Type": "application/x-www-form-urlencoded",
-                     "X-Twilio-Signature": twilio_signature(url, form)},
+            f"/webhooks/twilio/gather?key={voice['key']}",
+            content=urlencode(form),
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-Twilio-Signature": twilio_signature(url, form),
+            },
         )
         assert answer.status_code == 200
         assert "<Say" in answer.text
@@ -200,9 +215,70 @@ def test_pressing_1_on_the_call_queues_the_link_by_sms_once(world: World, comman
 
     other = {"Digits": "2", "CallSid": "CA2"}
     answer = world.client.post(
-        f"/webhooks/twilio/gather?key={voice['key']}", content=urlencode(other),
-        headers={"Content-Type": "application/x-www-form-urlencoded",
-                 "X-Twilio-Signature": twilio_signature(url, other)},
+        f"/webhooks/twilio/gather?key={voice['key']}",
+        content=urlencode(other),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": twilio_signature(url, other),
+        },
     )
     assert answer.status_code == 200
     assert len([r for r in world.db.rows("messages") if r["channel"] == "sms"]) == 1
+
+
+def api_key(world: World) -> str:
+    _, plaintext = create_key(world.services.store.engine, "tests", world.now)
+    return plaintext
+
+
+def test_a_provider_bounce_marks_the_message_bounced(world: World, commands: Commands) -> None:
+    open_case(world, commands)
+    notice = next(r for r in world.db.rows("messages") if r["status"] == "sent")
+    headers = {"Authorization": f"Bearer {api_key(world)}"}
+
+    answer = world.client.post(
+        "/api/v1/messages/bounces",
+        headers=headers,
+        json={"key": notice["key"], "reason": "550 mailbox unavailable"},
+    )
+
+    assert answer.status_code == 200
+    assert answer.json() == {"key": notice["key"], "status": "bounced"}
+    row = next(r for r in world.db.rows("messages") if r["key"] == notice["key"])
+    assert (row["status"], row["reason"]) == ("bounced", "bounced: 550 mailbox unavailable")
+    missing = world.client.post(
+        "/api/v1/messages/bounces", headers=headers, json={"provider_id": "nope", "reason": "x"}
+    )
+    assert missing.status_code == 404
+    both = world.client.post(
+        "/api/v1/messages/bounces", headers=headers, json={"provider_id": "a", "key": "b", "reason": "x"}
+    )
+    assert both.status_code == 422
+    assert both.headers["content-type"].startswith("application/problem+json")
+    unauthenticated = world.client.post(
+        "/api/v1/messages/bounces", json={"key": notice["key"], "reason": "x"}
+    )
+    assert unauthenticated.status_code == 401
+
+
+def test_twilio_reports_an_undelivered_sms_as_bounced(world: World, commands: Commands, db: Db) -> None:
+    open_case(world, commands)
+    key = db.rows("messages")[0]["key"]
+    with world.services.store.unit_of_work() as uow:
+        uow.conn.execute(text("update messages set provider_id = 'SM123' where key = :k"), {"k": key})
+        uow.commit()
+    url = f"{PUBLIC}/webhooks/twilio/status"
+    for status in ("delivered", "undelivered"):
+        form = {"MessageSid": "SM123", "MessageStatus": status, "ErrorCode": "30003"}
+        answer = world.client.post(
+            "/webhooks/twilio/status",
+            content=urlencode(form),
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-Twilio-Signature": twilio_signature(url, form),
+            },
+        )
+        assert answer.status_code == 204
+        row = next(r for r in db.rows("messages") if r["key"] == key)
+        assert row["status"] == ("sent" if status == "delivered" else "bounced")
+    assert "twilio undelivered (error 30003)" in row["reason"]
