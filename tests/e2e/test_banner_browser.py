@@ -51,7 +51,10 @@ strategy = "fixed"
 max_attempts = 1
 max_days = 5
 final_action = "cancel"
-steps = [{ action = "message", after = "0m", kind = "payment_failed", channels = ["in_app"] }, { after = "1d" }]
+steps = [
+  { action = "message", after = "0m", kind = "payment_failed", channels = ["in_app"] },
+  { after = "1d" },
+]
 """
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
