@@ -338,21 +338,7 @@ def worker(
         f"(gateway {engine.gateway.name})"
     )
     while not stopping:
-        report = engine.tick(datetime.now(UTC))
-        if messenger is not None:
-            sent = messenger.dispatch(datetime.now(UTC))
-            if sent.claimed:
-                err.print(
-                    f"messages: sent {sent.sent}, deferred {sent.deferred}, skipped {sent.skipped}, "
-                    f"failed {sent.failed}"
-                )
-        if relay is not None:
-            relay.relay(datetime.now(UTC))
-        if report.claimed:
-            err.print(
-                f"claimed {report.claimed}, attempts {report.attempts}, recovered "
-                f"{report.recovered}, final actions {report.final_actions}"
-            )
+        _work_once(engine, messenger, relay)
         deadline = time.monotonic() + settings.poll_interval_s
         while not stopping and time.monotonic() < deadline:
             time.sleep(min(0.2, settings.poll_interval_s))
@@ -651,6 +637,193 @@ def _store(settings: Settings) -> Any:
         return open_store(settings.database_url)
     except NotInitialised as exc:
         raise fail(str(exc)) from None
+
+
+# ---------------------------------------------------------------- serve
+
+
+def _work_once(engine: Any, messenger: Any, relay: Any) -> None:
+    """One cycle of the worker: due cases, due messages, the event relay."""
+    report = engine.tick(datetime.now(UTC))
+    if report.claimed:
+        err.print(
+            f"claimed {report.claimed}, attempts {report.attempts}, recovered "
+            f"{report.recovered}, final actions {report.final_actions}"
+        )
+    if messenger is not None:
+        sent = messenger.dispatch(datetime.now(UTC))
+        if sent.claimed:
+            err.print(
+                f"messages: sent {sent.sent}, deferred {sent.deferred}, skipped {sent.skipped}, "
+                f"failed {sent.failed}"
+            )
+    if relay is not None:
+        relay.relay(datetime.now(UTC))
+
+
+def _work_loop(engine: Any, messenger: Any, relay: Any, interval: float, stopping: Any) -> None:
+    """The --with-worker thread: work every ``interval`` seconds until ``stopping`` is set."""
+    while not stopping.is_set():
+        try:
+            _work_once(engine, messenger, relay)
+        except Exception as exc:  # a failed cycle must not end the loop; the next one retries
+            err.print(f"worker: cycle failed: {type(exc).__name__}: {exc}", highlight=False, markup=False)
+        stopping.wait(interval)
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    gateway: GatewayOpt = None,
+    gateway_setting: GatewaySettingOpt = None,
+    policy: PolicyOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on")] = 8000,
+    with_worker: Annotated[
+        bool,
+        typer.Option("--with-worker", help="Also run the worker (cases, messages, relay) in this process"),
+    ] = False,
+) -> None:
+    """Serve the HTTP API, health checks and metrics (uvicorn) until SIGTERM or Ctrl-C."""
+    import threading  # noqa: PLC0415
+
+    import uvicorn  # noqa: PLC0415
+
+    from recobra.web.app import create_app  # noqa: PLC0415
+    from recobra.web.services import Services  # noqa: PLC0415
+
+    settings = _settings(
+        config,
+        database_url=database_url,
+        gateway=gateway,
+        gateway_setting=gateway_setting,
+        policy_file=str(policy) if policy else None,
+    )
+    try:
+        services = Services.from_settings(settings)
+    except (SettingsError, NotInitialised, GatewayLoadError, PolicyError) as exc:
+        raise fail(str(exc)) from None
+    stopping = threading.Event()
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal
+        # again for the handler it found: this one, so the process ends normally.
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    thread = None
+    if with_worker:
+        ticker = _engine(settings, store=services.store)
+        messenger = _messenger(settings, ticker) if settings.messages else None
+        relay = _relay(settings, ticker)
+        thread = threading.Thread(
+            target=_work_loop,
+            args=(ticker, messenger, relay, settings.poll_interval_s, stopping),
+            name="recobra-worker",
+            daemon=True,
+        )
+        thread.start()
+        err.print(f"worker {settings.worker_id} working every {settings.poll_interval_s}s in this process")
+    server = uvicorn.Server(uvicorn.Config(create_app(services), host=host, port=port, log_level="info"))
+    try:
+        server.run()
+    finally:
+        stopping.set()
+        if thread is not None:
+            thread.join(timeout=settings.lease_s)
+            if thread.is_alive():
+                err.print("worker: the current tick did not finish; its claims expire after the lease")
+        services.close()
+    if not server.started:
+        raise typer.Exit(1)
+    err.print("server stopped")
+
+
+# ---------------------------------------------------------------- api keys
+
+api_keys_app = typer.Typer(
+    help="API keys for the HTTP API (shown once, stored hashed).", no_args_is_help=True
+)
+app.add_typer(api_keys_app, name="api-keys")
+
+
+@api_keys_app.command("create")
+def api_keys_create(
+    name: Annotated[str, typer.Argument(help="What uses the key, e.g. billing-backend")],
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Create a key and print it, once: only its hash is kept."""
+    from recobra.store.keys import create_key  # noqa: PLC0415
+
+    store = _store(_settings(config, database_url=database_url))
+    try:
+        key_id, plaintext = create_key(store.engine, name, datetime.now(UTC))
+    except ValueError as exc:
+        raise fail(str(exc), 1) from None
+    finally:
+        store.dispose()
+    err.print(f"API key [bold]{key_id}[/] created for {name.strip()!r}:", highlight=False)
+    print(plaintext, flush=True)
+    err.print(
+        "[bold yellow]Store it now[/] (e.g. in your secret manager): it is shown only this once "
+        "and cannot be recovered. Send it as: Authorization: Bearer <key>",
+        highlight=False,
+    )
+
+
+@api_keys_app.command("list")
+def api_keys_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
+    """Every key (never the keys themselves): id, name, how it starts, use and status."""
+    from recobra.store.keys import list_keys  # noqa: PLC0415
+
+    store = _store(_settings(config, database_url=database_url))
+    try:
+        keys = list_keys(store.engine)
+    finally:
+        store.dispose()
+    if not keys:
+        console.print("no API keys yet: create one with `recobra api-keys create NAME`")
+        return
+    t = Table()
+    t.add_column("id", no_wrap=True, min_width=max(len(k.id) for k in keys))
+    for col in ("name", "key", "created (UTC)", "last used (UTC)", "status"):
+        t.add_column(col)
+    for k in keys:
+        t.add_row(
+            k.id,
+            k.name,
+            k.display,
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never",
+            f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active",
+        )
+    console.print(t)
+
+
+@api_keys_app.command("revoke")
+def api_keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see `recobra api-keys list`)")],
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Revoke a key: requests with it are refused at once."""
+    from recobra.store.keys import get_key, revoke_key  # noqa: PLC0415
+
+    store = _store(_settings(config, database_url=database_url))
+    try:
+        before = get_key(store.engine, key_id)
+        if before is None:
+            raise fail(f"no API key {key_id!r} (see `recobra api-keys list`)", 1)
+        if before.revoked_at is not None:
+            console.print(f"{key_id} was already revoked on {before.revoked_at:%Y-%m-%d %H:%M} UTC")
+            return
+        revoke_key(store.engine, key_id, datetime.now(UTC))
+    finally:
+        store.dispose()
+    console.print(f"{key_id} ({before.name!r}) revoked")
 
 
 def main() -> None:

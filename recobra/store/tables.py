@@ -238,3 +238,17 @@ class RelayCursorRow(Base):
     updated_at: Mapped[datetime]
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     claim_expires_at: Mapped[datetime | None]
+
+
+class ApiKeyRow(Base):
+    """An operator's API key. Only the SHA-256 hash of the key is kept; ``prefix`` (the
+    first characters of its random part) finds it and shows which key is which."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]

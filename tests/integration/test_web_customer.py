@@ -263,7 +263,7 @@ def test_a_provider_bounce_marks_the_message_bounced(world: World, commands: Com
 
 def test_twilio_reports_an_undelivered_sms_as_bounced(world: World, commands: Commands, db: Db) -> None:
     open_case(world, commands)
-    key = db.rows("messages")[0]["key"]
+    key = next(r["key"] for r in db.rows("messages") if r["status"] == "sent")
     with world.services.store.unit_of_work() as uow:
         uow.conn.execute(text("update messages set provider_id = 'SM123' where key = :k"), {"k": key})
         uow.commit()

@@ -1,0 +1,81 @@
+"""API-key authentication: ``Authorization: Bearer rk_live_...`` (see recobra.store.keys).
+
+Use ``Depends(require_api_key)`` on a route or a router: it returns the key's id, or
+answers 401 (problem+json, with ``WWW-Authenticate: Bearer``) when the key is
+missing, unknown or revoked. The three cases get the same answer, so a caller
+learns nothing about which keys exist.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from recobra.store.keys import verify_key
+from recobra.web.problems import Problem, problem_response
+from recobra.web.services import Services
+
+REALM = "recobra"
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key from `recobra api-keys create NAME`: `Authorization: Bearer rk_live_...`",
+)
+
+
+class Unauthorized(Problem):
+    """A 401 problem that also carries the ``WWW-Authenticate`` challenge."""
+
+    def __init__(self, detail: str, *, error: str | None = None) -> None:
+        super().__init__(401, "Unauthorized", detail)
+        challenge = f'Bearer realm="{REALM}"'
+        if error:
+            challenge += f', error="{error}"'
+        self.challenge = challenge
+
+
+def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> str:
+    """The id of the request's valid API key; 401 otherwise."""
+    if credentials is None:
+        raise Unauthorized("send an API key: Authorization: Bearer rk_live_...")
+    services: Services = request.app.state.services
+    key_id = verify_key(services.store.engine, credentials.credentials, services.now())
+    if key_id is None:
+        raise Unauthorized("the API key is not valid (unknown or revoked)", error="invalid_token")
+    return key_id
+
+
+UNAUTHORIZED_RESPONSE: dict[str, Any] = {
+    "description": "No API key, or one that is unknown or revoked.",
+    "headers": {
+        "WWW-Authenticate": {
+            "description": 'The challenge, e.g. `Bearer realm="recobra", error="invalid_token"`',
+            "schema": {"type": "string"},
+        }
+    },
+}
+"""The 401 answer, for routes' ``responses`` (its content is added by the caller)."""
+
+
+def install(app: FastAPI) -> None:
+    """Answer ``Unauthorized`` with its challenge header (idempotent)."""
+    if Unauthorized in app.exception_handlers:
+        return
+
+    async def _unauthorized(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, Unauthorized)
+        response = problem_response(exc.status, exc.title, exc.detail, exc.errors)
+        response.headers["WWW-Authenticate"] = exc.challenge
+        return response
+
+    app.add_exception_handler(Unauthorized, _unauthorized)
+
+
+__all__ = ["Unauthorized", "install", "require_api_key"]
