@@ -68,6 +68,7 @@ from recobra.store.tables import (
     PushSubscriptionRow,
     RelayCursorRow,
     SubscriptionRow,
+    UsedLinkRow,
 )
 
 CARD_HISTORY = timedelta(days=30)
@@ -215,6 +216,7 @@ _UPDATE_MESSAGES = {
 # Only scheduled messages have a due time, so MIN reads the first entry of its index.
 _NEXT_MESSAGE_DUE = select(func.min(messages_t.c.due_at))
 cursors_t = RelayCursorRow.__table__
+used_t = UsedLinkRow.__table__
 _EVENTS_AFTER = (
     select(
         events_t,
@@ -758,6 +760,14 @@ class SqlUnitOfWork:
         stmt = _LOCK_CASES[self.conn.dialect.name == "postgresql"]
         return {r.id: r.version for r in self.conn.execute(stmt, {"ids": list(case_ids)})}
 
+    def plan_name(self, subscription_id: str) -> str | None:
+        value: str | None = self.conn.scalar(
+            select(PlanRow.__table__.c.name)
+            .join(SubscriptionRow.__table__, SubscriptionRow.__table__.c.plan_id == PlanRow.__table__.c.id)
+            .where(SubscriptionRow.__table__.c.id == subscription_id)
+        )
+        return value
+
     def customer_of_subscription(self, subscription_id: str) -> str | None:
         table = SubscriptionRow.__table__
         value: str | None = self.conn.scalar(select(table.c.customer_id).where(table.c.id == subscription_id))
@@ -832,6 +842,27 @@ class SqlUnitOfWork:
                 .values(status=MessageStatus.BOUNCED.value, reason=f"bounced: {reason}"[:2000])
             )
         return str(row.key)
+
+    # -- customers' links
+    def link_used(self, nonce: str) -> bool:
+        return self.conn.scalar(select(used_t.c.nonce).where(used_t.c.nonce == nonce)) is not None
+
+    def use_link(self, nonce: str, purpose: str, subject: str, at: datetime) -> bool:
+        """Spend a single-use link; False if it had been spent already."""
+        dialect = self.conn.dialect.name
+        ins: Any = postgresql.insert(used_t) if dialect == "postgresql" else sqlite.insert(used_t)
+        result = self.conn.execute(
+            ins.values(nonce=nonce, purpose=purpose, subject=subject, used_at=at).on_conflict_do_nothing()
+        )
+        return bool(result.rowcount)
+
+    def record_click(self, key: str, at: datetime) -> None:
+        """The customer opened a message's link (first click only)."""
+        self.conn.execute(
+            update(messages_t)
+            .where(messages_t.c.key == key, messages_t.c.clicked_at.is_(None))
+            .values(clicked_at=at)
+        )
 
     # -- in-app notices
     def pending_notices(self, customer_id: str, *, limit: int = 5) -> list[dict[str, Any]]:

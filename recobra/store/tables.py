@@ -252,3 +252,13 @@ class ApiKeyRow(Base):
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+
+
+class UsedLinkRow(Base):
+    """Nonces of customers' links that have done their action (single use)."""
+
+    __tablename__ = "used_links"
+    nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(200))
+    used_at: Mapped[datetime]

@@ -34,6 +34,13 @@ def create_app(services: Services) -> FastAPI:
 
 def _routers() -> list[Callable[[FastAPI], None]]:
     """Each concern's ``include(app)``."""
-    from recobra.web import api, customer, deliveries, health, providers  # noqa: PLC0415
+    from recobra.web import api, customer, deliveries, health, hosted, providers  # noqa: PLC0415
 
-    return [health.include, api.include, customer.include, deliveries.include, providers.include]
+    return [
+        health.include,
+        api.include,
+        customer.include,
+        deliveries.include,
+        providers.include,
+        hosted.include,
+    ]

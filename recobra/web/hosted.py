@@ -1,0 +1,293 @@
+"""Hosted pages customers reach from their messages, with no login: the signed,
+expiring link is the credential, and it is good for one purpose and one subject.
+
+``/p/update_payment/{token}``: what is owed and why, in plain words; a new card; the
+payment is retried at once and the page says how it went. The link is spent when
+the payment is recovered (a reused link then gets a clear page and changes nothing);
+after a decline the customer can try another card with the same link.
+
+With the simulated gateway the form stands in for a real card widget: it asks only
+for what may be kept (network, last four digits, expiry) and lets the demo choose
+the bank's answer. A gateway with its own secure widget (Stripe's Payment Element)
+replaces the form; no card number ever reaches this server.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Annotated, Any
+
+import jinja2
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse
+
+from recobra.domain.case import CaseStatus
+from recobra.domain.model import Funding, PaymentMethod
+from recobra.engine.commands import PaymentMethodUpdated
+from recobra.messages.formatting import describe_decline, format_amount
+from recobra.messages.links import LinkError, LinkExpired, SignedLink
+from recobra.web.hosted_text import TEXT
+from recobra.web.services import Services
+
+BRANDS = (
+    ("visa", "Visa"),
+    ("mastercard", "Mastercard"),
+    ("amex", "American Express"),
+    ("other", "Other / Otra"),
+)
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("recobra.web", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def services(request: Request) -> Services:
+    value: Services = request.app.state.services
+    return value
+
+
+def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = _env.get_template(name).render(**context)
+    return HTMLResponse(
+        html,
+        status_code=status,
+        headers={
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",  # the URL is a credential
+            "X-Frame-Options": "DENY",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+            "frame-ancestors 'none'",
+        },
+    )
+
+
+def _lang(request: Request, customer_locale: str | None) -> str:
+    asked = request.query_params.get("lang")
+    if asked in TEXT:
+        return asked
+    return customer_locale if customer_locale in TEXT else "en"
+
+
+def _common(request: Request, svc: Services, lang: str) -> dict[str, Any]:
+    other = "es" if lang == "en" else "en"
+    return {
+        "lang": lang,
+        "t": TEXT[lang],
+        "company": svc.settings.company_name,
+        "switch_url": f"{request.url.path}?lang={other}",
+    }
+
+
+def _link_problem(request: Request, svc: Services, lang: str, kind: str, status: int) -> HTMLResponse:
+    t = TEXT[lang]
+    return _page(
+        "notice.html.j2",
+        status,
+        **_common(request, svc, lang),
+        title=t[f"{kind}_title"],
+        heading=t[f"{kind}_title"],
+        body=t[kind].format(support=svc.settings.support_email),
+        again_url=None,
+    )
+
+
+def _verify(request: Request, svc: Services, token: str) -> SignedLink | HTMLResponse:
+    lang = _lang(request, None)
+    try:
+        return svc.links.verify("update_payment", token, now=svc.now())
+    except LinkExpired:
+        return _link_problem(request, svc, lang, "expired", 410)
+    except LinkError:
+        return _link_problem(request, svc, lang, "invalid", 404)
+
+
+def _case_view(svc: Services, link: SignedLink) -> dict[str, Any] | None:
+    with svc.store.unit_of_work() as uow:
+        bundles = uow.load_bundles([link.subject], svc.now())
+        if link.extra.get("message"):
+            uow.record_click(link.extra["message"], svc.now())
+            uow.commit()
+        if not bundles:
+            return None
+        bundle = bundles[0]
+        plan = svc.settings.company_name
+        if bundle.case.subscription_id:
+            plan = uow.plan_name(bundle.case.subscription_id) or plan
+        used = uow.link_used(link.nonce)
+    return {"bundle": bundle, "plan": plan, "used": used}
+
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/p/update_payment/{token}")
+def update_payment_page(
+    token: str, request: Request, svc: Annotated[Services, Depends(services)]
+) -> HTMLResponse:
+    link = _verify(request, svc, token)
+    if isinstance(link, HTMLResponse):
+        return link
+    view = _case_view(svc, link)
+    return _render_update(request, svc, token, view, form={}, errors={})
+
+
+def _render_update(
+    request: Request,
+    svc: Services,
+    token: str,
+    view: dict[str, Any] | None,
+    *,
+    form: dict[str, str],
+    errors: dict[str, str],
+    status: int = 200,
+) -> HTMLResponse:
+    customer_locale = view["bundle"].customer.locale if view else None
+    lang = _lang(request, customer_locale)
+    if view is None:
+        return _link_problem(request, svc, lang, "invalid", 404)
+    if view["used"]:
+        return _link_problem(request, svc, lang, "used", 410)
+    bundle = view["bundle"]
+    case, customer, method = bundle.case, bundle.customer, bundle.payment_method
+    t = TEXT[lang]
+    common = _common(request, svc, lang)
+    if not case.is_active:
+        return _page(
+            "notice.html.j2",
+            **common,
+            title=t["nothing_owed_title"],
+            heading=t["nothing_owed_title"],
+            body=t["nothing_owed"],
+            again_url=None,
+        )
+    locale = f"{lang}_{customer.country}"
+    return _page(
+        "update_payment.html.j2",
+        status,
+        **common,
+        title=t["title_update"],
+        amount=_amount(case.amount, locale, lang),
+        plan=view["plan"],
+        reason=describe_decline(case.last_decline.category, lang),
+        card_brand=method.brand.title() if method else None,
+        card_last4=method.last4 if method else None,
+        action=f"/p/update_payment/{token}?lang={lang}",
+        brands=BRANDS,
+        simulated=svc.engine.gateway.name == "simulated",
+        form={"brand": "visa", "last4": "", "exp_month": "", "exp_year": "", "outcome": "ok", **form},
+        errors=errors,
+    )
+
+
+def _amount(money: Any, locale: str, lang: str) -> str:
+    try:
+        return format_amount(money, locale)
+    except ValueError:
+        return format_amount(money, lang)
+
+
+def _validate(form: dict[str, str], now: datetime, t: dict[str, str]) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    if form["brand"] not in {b for b, _ in BRANDS}:
+        errors["brand"] = t["err_brand"]
+    if not (len(form["last4"]) == 4 and form["last4"].isdigit()):
+        errors["last4"] = t["err_last4"]
+    month = int(form["exp_month"]) if form["exp_month"].isdigit() else 0
+    year = int(form["exp_year"]) if form["exp_year"].isdigit() else 0
+    if year and year < 100:
+        year += 2000
+    if not 1 <= month <= 12:
+        errors["exp_month"] = t["err_month"]
+    if not now.year <= year <= now.year + 20:
+        errors["exp_year"] = t["err_year"] if not year or year > now.year else t["err_expired"]
+    elif year == now.year and 1 <= month < now.month:
+        errors["exp_month"] = t["err_expired"]
+    return errors
+
+
+@router.post("/p/update_payment/{token}")
+def update_payment_submit(
+    token: str,
+    request: Request,
+    svc: Annotated[Services, Depends(services)],
+    brand: Annotated[str, Form(max_length=20)] = "",
+    last4: Annotated[str, Form(max_length=8)] = "",
+    exp_month: Annotated[str, Form(max_length=4)] = "",
+    exp_year: Annotated[str, Form(max_length=6)] = "",
+    outcome: Annotated[str, Form(max_length=10)] = "ok",
+) -> HTMLResponse:
+    link = _verify(request, svc, token)
+    if isinstance(link, HTMLResponse):
+        return link
+    view = _case_view(svc, link)
+    form = {
+        "brand": brand,
+        "last4": last4.strip(),
+        "exp_month": exp_month.strip(),
+        "exp_year": exp_year.strip(),
+        "outcome": outcome,
+    }
+    if view is None or view["used"] or not view["bundle"].case.is_active:
+        return _render_update(request, svc, token, view, form=form, errors={})
+    bundle = view["bundle"]
+    lang = _lang(request, bundle.customer.locale)
+    t = TEXT[lang]
+    now = svc.now()
+    errors = _validate(form, now, t)
+    if errors:
+        return _render_update(request, svc, token, view, form=form, errors=errors, status=422)
+
+    year = int(form["exp_year"]) + (2000 if len(form["exp_year"]) <= 2 else 0)
+    reference = secrets.token_hex(8)
+    simulated = svc.engine.gateway.name == "simulated"
+    gateway_token = (
+        ("tok_sim_ok" if outcome != "declined" else "tok_sim_decline_insufficient_funds")
+        if simulated
+        else f"tok_hosted_{reference}"
+    )
+    case = bundle.case
+    method = PaymentMethod(
+        id=f"pm_hosted_{reference}",
+        customer_id=case.customer_id,
+        gateway_token=gateway_token,
+        brand=form["brand"],
+        last4=form["last4"],
+        exp_month=int(form["exp_month"]),
+        exp_year=year,
+        funding=Funding.UNKNOWN,
+        is_default=True,
+    )
+    # The engine retries every open case of the customer at once with the new card.
+    svc.engine.handle(PaymentMethodUpdated(f"hosted:{reference}", now, method))
+    with svc.store.unit_of_work() as uow:
+        after = uow.load_bundles([case.id], now)[0].case
+        if after.status is CaseStatus.RECOVERED:
+            uow.use_link(link.nonce, link.purpose, link.subject, now)
+            uow.commit()
+    common = _common(request, svc, lang)
+    amount = _amount(case.amount, f"{lang}_{bundle.customer.country}", lang)
+    if after.status is CaseStatus.RECOVERED:
+        return _page(
+            "notice.html.j2",
+            **common,
+            title=t["recovered_title"],
+            heading=t["recovered_title"],
+            body=t["recovered"].format(amount=amount, plan=view["plan"]),
+            again_url=None,
+        )
+    return _page(
+        "notice.html.j2",
+        402,
+        **common,
+        title=t["declined_title"],
+        heading=t["declined_title"],
+        body=t["declined"].format(reason=describe_decline(after.last_decline.category, lang)),
+        again_url=f"/p/update_payment/{token}?lang={lang}",
+    )
+
+
+def include(app: FastAPI) -> None:
+    app.include_router(router)
