@@ -94,10 +94,12 @@ def _link_problem(request: Request, svc: Services, lang: str, kind: str, status:
     )
 
 
-def _verify(request: Request, svc: Services, token: str) -> SignedLink | HTMLResponse:
+def _verify(
+    request: Request, svc: Services, token: str, purpose: str = "update_payment"
+) -> SignedLink | HTMLResponse:
     lang = _lang(request, None)
     try:
-        return svc.links.verify("update_payment", token, now=svc.now())
+        return svc.links.verify(purpose, token, now=svc.now())
     except LinkExpired:
         return _link_problem(request, svc, lang, "expired", 410)
     except LinkError:
@@ -286,6 +288,57 @@ def update_payment_submit(
         heading=t["declined_title"],
         body=t["declined"].format(reason=describe_decline(after.last_decline.category, lang)),
         again_url=f"/p/update_payment/{token}?lang={lang}",
+    )
+
+
+# ---------------------------------------------------------------- unsubscribe
+# Every email carries this link in List-Unsubscribe; mail clients may POST to it
+# directly ("List-Unsubscribe=One-Click", RFC 8058), which must unsubscribe at once.
+
+
+def _customer_lang(request: Request, svc: Services, customer_id: str) -> str:
+    with svc.store.unit_of_work() as uow:
+        return _lang(request, uow.customer_locale(customer_id))
+
+
+@router.get("/p/unsubscribe/{token}")
+def unsubscribe_page(
+    token: str, request: Request, svc: Annotated[Services, Depends(services)]
+) -> HTMLResponse:
+    link = _verify(request, svc, token, "unsubscribe")
+    if isinstance(link, HTMLResponse):
+        return link
+    lang = _customer_lang(request, svc, link.subject)
+    t = TEXT[lang]
+    return _page(
+        "unsubscribe.html.j2",
+        **_common(request, svc, lang),
+        title=t["unsubscribe_title"],
+        action=f"/p/unsubscribe/{token}?lang={lang}",
+    )
+
+
+@router.post("/p/unsubscribe/{token}")
+def unsubscribe(token: str, request: Request, svc: Annotated[Services, Depends(services)]) -> HTMLResponse:
+    link = _verify(request, svc, token, "unsubscribe")
+    if isinstance(link, HTMLResponse):
+        return link
+    with svc.store.unit_of_work() as uow:
+        if not uow.known_customers([link.subject]):
+            return _link_problem(request, svc, _lang(request, None), "invalid", 404)
+        uow.set_preferences(link.subject, svc.now(), unsubscribed=True)
+        if link.extra.get("message"):
+            uow.record_click(link.extra["message"], svc.now())
+        uow.commit()
+    lang = _customer_lang(request, svc, link.subject)
+    t = TEXT[lang]
+    return _page(
+        "notice.html.j2",
+        **_common(request, svc, lang),
+        title=t["unsubscribed_title"],
+        heading=t["unsubscribed_title"],
+        body=t["unsubscribed"],
+        again_url=None,
     )
 
 

@@ -39,6 +39,13 @@ TEXT: dict[str, dict[str, str]] = {
         "err_expired": "This card has expired: use a card that is still valid.",
         "err_brand": "Choose the card network.",
         "errors_intro": "Please correct the following:",
+        "unsubscribe_title": "Stop reminders by email and SMS?",
+        "unsubscribe": "You will still get confirmations of payments and of changes you make, "
+        "but no more reminders.",
+        "unsubscribe_button": "Unsubscribe",
+        "unsubscribed_title": "You are unsubscribed",
+        "unsubscribed": "You will not get reminders any more. Confirmations of payments and of changes "
+        "you make still reach you.",
     },
     "es": {
         "switch": "English",
@@ -78,5 +85,12 @@ TEXT: dict[str, dict[str, str]] = {
         "err_expired": "Esta tarjeta está vencida: usa una tarjeta vigente.",
         "err_brand": "Elige la red de la tarjeta.",
         "errors_intro": "Corrige lo siguiente:",
+        "unsubscribe_title": "¿Dejar de recibir recordatorios por correo y SMS?",
+        "unsubscribe": "Seguirás recibiendo las confirmaciones de pagos y de los cambios que hagas, "
+        "pero ningún recordatorio más.",
+        "unsubscribe_button": "Darme de baja",
+        "unsubscribed_title": "Te diste de baja",
+        "unsubscribed": "Ya no recibirás recordatorios. Las confirmaciones de pagos y de los cambios "
+        "que hagas te seguirán llegando.",
     },
 }

@@ -173,3 +173,21 @@ def test_a_settled_case_has_nothing_to_pay(page: Page, commands: Commands) -> No
     answer = page.client.get(page.link())
     assert answer.status_code == 200
     assert "Nothing to pay" in answer.text
+
+
+def test_one_click_unsubscribe_stops_reminders_but_not_confirmations(page: Page) -> None:
+    token = page.services.links.token("unsubscribe", "cus_1", now=page.now, ttl=timedelta(days=30))
+    shown = page.client.get(f"/p/unsubscribe/{token}")
+    assert shown.status_code == 200
+    assert "Unsubscribe" in shown.text
+    # RFC 8058: the mail client POSTs "List-Unsubscribe=One-Click" with no confirmation.
+    done = page.client.post(f"/p/unsubscribe/{token}", content="List-Unsubscribe=One-Click",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert done.status_code == 200
+    assert "You are unsubscribed" in done.text
+    prefs = page.db.rows("contact_preferences")
+    assert prefs[0]["unsubscribed"] is True
+    tampered = page.client.post(f"/p/unsubscribe/{token[:-4]}AAAA")
+    assert tampered.status_code == 404
+    wrong = page.services.links.token("update_payment", "cus_1", now=page.now, ttl=timedelta(days=1))
+    assert page.client.post(f"/p/unsubscribe/{wrong}").status_code == 404
