@@ -41,7 +41,7 @@ from recobra.web import auth
 from recobra.web.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from recobra.web.health import metrics_of, problem_doc
 from recobra.web.problems import Problem
-from recobra.web.services import Services
+from recobra.web.services import Services, get_services
 
 PREFIX = "/api/v1"
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -451,12 +451,7 @@ INVALID: Responses = {422: problem_doc("Invalid input: `errors` names each field
 NOT_FOUND: Responses = {404: problem_doc("No such resource.")}
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
-ServicesDep = Annotated[Services, Depends(_services)]
+ServicesDep = Annotated[Services, Depends(get_services)]
 KeyDep = Annotated[str, Depends(require_api_key)]
 CaseId = Annotated[str, Path(min_length=1, max_length=160, description="e.g. case_in_1042")]
 

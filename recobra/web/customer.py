@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from recobra.messages.links import LinkError
 from recobra.web.auth import require_api_key
 from recobra.web.problems import Problem
-from recobra.web.services import Services
+from recobra.web.services import Services, get_services
 
 NOTICE_TOKEN_TTL = timedelta(hours=12)
 
@@ -44,11 +44,6 @@ class Notices(BaseModel):
 class NoticeToken(BaseModel):
     token: str
     expires_in: int
-
-
-def services(request: Request) -> Services:
-    value: Services = request.app.state.services
-    return value
 
 
 def _customer(svc: Services, token: str) -> str:
@@ -73,7 +68,7 @@ router = APIRouter()
 @router.post("/api/v1/customers/{customer_id}/notices-token", tags=["in-app"])
 def notices_token(
     customer_id: str,
-    svc: Annotated[Services, Depends(services)],
+    svc: Annotated[Services, Depends(get_services)],
     _key: Annotated[str, Depends(require_api_key)],
 ) -> NoticeToken:
     """A token for this customer's in-app notices, for the operator's page to embed."""
@@ -88,7 +83,7 @@ def notices_token(
 def pending_notices(
     request: Request,
     response: Response,
-    svc: Annotated[Services, Depends(services)],
+    svc: Annotated[Services, Depends(get_services)],
     token: Annotated[str, Query(min_length=10, max_length=1000)],
 ) -> Notices:
     """The customer's unseen in-app notices, newest first."""
@@ -115,7 +110,7 @@ def pending_notices(
 def notice_seen(
     key: str,
     request: Request,
-    svc: Annotated[Services, Depends(services)],
+    svc: Annotated[Services, Depends(get_services)],
     token: Annotated[str, Query(min_length=10, max_length=1000)],
 ) -> Response:
     """Mark a notice seen (it is then no longer shown)."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI
 from pydantic import BaseModel, Field, model_validator
 
 from recobra.web.auth import require_api_key
 from recobra.web.problems import Problem
-from recobra.web.services import Services
+from recobra.web.services import Services, get_services
 
 
 class BounceIn(BaseModel):
@@ -32,16 +32,11 @@ class BounceOut(BaseModel):
     status: str
 
 
-def services(request: Request) -> Services:
-    value: Services = request.app.state.services
-    return value
-
-
 router = APIRouter(prefix="/api/v1", tags=["messages"], dependencies=[Depends(require_api_key)])
 
 
 @router.post("/messages/bounces")
-def report_bounce(bounce: BounceIn, svc: Annotated[Services, Depends(services)]) -> BounceOut:
+def report_bounce(bounce: BounceIn, svc: Annotated[Services, Depends(get_services)]) -> BounceOut:
     """A provider could not deliver a message it had accepted: it becomes 'bounced'."""
     with svc.store.unit_of_work() as uow:
         key = uow.record_bounce(

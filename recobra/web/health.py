@@ -28,7 +28,7 @@ from recobra.domain.case import CaseStatus
 from recobra.store.migrate import current_revision, head_revision
 from recobra.store.tables import CaseRow
 from recobra.web.problems import PROBLEM, Problem
-from recobra.web.services import Services
+from recobra.web.services import Services, get_services
 
 UNMATCHED = "(unmatched)"
 """The route label of requests that matched no route (keeps label values bounded)."""
@@ -202,11 +202,6 @@ class Ready(BaseModel):
     schema_revision: str = Field(description="the database's Alembic revision (this version's head)")
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
 def include(app: FastAPI) -> None:
     """Add the health routes and the metrics middleware to ``app``."""
     services: Services = app.state.services
@@ -227,7 +222,7 @@ def include(app: FastAPI) -> None:
         responses={503: problem_doc("The database does not answer, or its schema is not at head.")},
     )
     def readyz(request: Request) -> Ready:
-        engine = _services(request).store.engine
+        engine = get_services(request).store.engine
         if not head:
             head.append(head_revision())
         try:

@@ -28,7 +28,7 @@ from recobra.engine.commands import PaymentMethodUpdated
 from recobra.messages.formatting import describe_decline, format_amount
 from recobra.messages.links import LinkError, LinkExpired, SignedLink
 from recobra.web.hosted_text import TEXT
-from recobra.web.services import Services
+from recobra.web.services import Services, get_services
 
 BRANDS = (
     ("visa", "Visa"),
@@ -42,11 +42,6 @@ _env = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
-
-
-def services(request: Request) -> Services:
-    value: Services = request.app.state.services
-    return value
 
 
 def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -127,7 +122,7 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/p/update_payment/{token}")
 def update_payment_page(
-    token: str, request: Request, svc: Annotated[Services, Depends(services)]
+    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
 ) -> HTMLResponse:
     link = _verify(request, svc, token)
     if isinstance(link, HTMLResponse):
@@ -214,7 +209,7 @@ def _validate(form: dict[str, str], now: datetime, t: dict[str, str]) -> dict[st
 def update_payment_submit(
     token: str,
     request: Request,
-    svc: Annotated[Services, Depends(services)],
+    svc: Annotated[Services, Depends(get_services)],
     brand: Annotated[str, Form(max_length=20)] = "",
     last4: Annotated[str, Form(max_length=8)] = "",
     exp_month: Annotated[str, Form(max_length=4)] = "",
@@ -303,7 +298,7 @@ def _customer_lang(request: Request, svc: Services, customer_id: str) -> str:
 
 @router.get("/p/unsubscribe/{token}")
 def unsubscribe_page(
-    token: str, request: Request, svc: Annotated[Services, Depends(services)]
+    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
 ) -> HTMLResponse:
     link = _verify(request, svc, token, "unsubscribe")
     if isinstance(link, HTMLResponse):
@@ -319,7 +314,9 @@ def unsubscribe_page(
 
 
 @router.post("/p/unsubscribe/{token}")
-def unsubscribe(token: str, request: Request, svc: Annotated[Services, Depends(services)]) -> HTMLResponse:
+def unsubscribe(
+    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+) -> HTMLResponse:
     link = _verify(request, svc, token, "unsubscribe")
     if isinstance(link, HTMLResponse):
         return link

@@ -20,16 +20,11 @@ from recobra.domain.messages import ChannelKind
 from recobra.engine.commands import SmsReceived
 from recobra.settings import resolve_secrets
 from recobra.web.problems import Problem
-from recobra.web.services import Services
+from recobra.web.services import Services, get_services
 
 TWIML = "application/xml"
 
 router = APIRouter(prefix="/webhooks/twilio", include_in_schema=False)
-
-
-def services(request: Request) -> Services:
-    value: Services = request.app.state.services
-    return value
 
 
 async def _verified_form(request: Request, svc: Services, kind: str) -> dict[str, str]:
@@ -47,7 +42,7 @@ async def _verified_form(request: Request, svc: Services, kind: str) -> dict[str
 
 
 @router.post("/sms")
-async def inbound_sms(request: Request, svc: Annotated[Services, Depends(services)]) -> Response:
+async def inbound_sms(request: Request, svc: Annotated[Services, Depends(get_services)]) -> Response:
     """A customer's SMS reply: STOP (and its Spanish forms) stops SMS, START resumes it."""
     form = await _verified_form(request, svc, "sms")
     inbound = parse_inbound_sms(form)
@@ -67,7 +62,7 @@ async def inbound_sms(request: Request, svc: Annotated[Services, Depends(service
 @router.post("/gather")
 async def voice_gather(
     request: Request,
-    svc: Annotated[Services, Depends(services)],
+    svc: Annotated[Services, Depends(get_services)],
     key: Annotated[str, Query(min_length=1, max_length=240)],
 ) -> Response:
     """The customer's answer to the call's menu: 1 sends the message's link by SMS."""
@@ -111,7 +106,7 @@ _UNDELIVERED = {"undelivered", "failed", "busy", "no-answer", "canceled"}
 
 
 @router.post("/status")
-async def delivery_status(request: Request, svc: Annotated[Services, Depends(services)]) -> Response:
+async def delivery_status(request: Request, svc: Annotated[Services, Depends(get_services)]) -> Response:
     """Twilio's status callback for SMS and calls: undelivered ones become 'bounced'."""
     form = await _verified_form(request, svc, "sms")
     sid = form.get("MessageSid") or form.get("CallSid") or ""

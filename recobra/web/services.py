@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from fastapi import Request
+
 from recobra.bootstrap import build_engine, load_policies, open_store
 from recobra.engine.service import Engine
 from recobra.messages.links import LinkSigner
@@ -48,3 +50,9 @@ class Services:
 
     def close(self) -> None:
         self.store.dispose()
+
+
+def get_services(request: Request) -> Services:
+    """FastAPI dependency: the application's services."""
+    value: Services = request.app.state.services
+    return value
