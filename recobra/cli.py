@@ -9,6 +9,8 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -632,6 +634,16 @@ def _relay(settings: Settings, engine: Any) -> Any:
         raise fail(str(exc)) from None
 
 
+@contextmanager
+def _opened_store(config: Path | None, database_url: str | None) -> Iterator[Any]:
+    """The configured store, disposed of when the command is done with it."""
+    store = _store(_settings(config, database_url=database_url))
+    try:
+        yield store
+    finally:
+        store.dispose()
+
+
 def _store(settings: Settings) -> Any:
     try:
         return open_store(settings.database_url)
@@ -758,13 +770,11 @@ def api_keys_create(
     """Create a key and print it, once: only its hash is kept."""
     from recobra.store.keys import create_key  # noqa: PLC0415
 
-    store = _store(_settings(config, database_url=database_url))
-    try:
-        key_id, plaintext = create_key(store.engine, name, datetime.now(UTC))
-    except ValueError as exc:
-        raise fail(str(exc), 1) from None
-    finally:
-        store.dispose()
+    with _opened_store(config, database_url) as store:
+        try:
+            key_id, plaintext = create_key(store.engine, name, datetime.now(UTC))
+        except ValueError as exc:
+            raise fail(str(exc), 1) from None
     err.print(f"API key [bold]{key_id}[/] created for {name.strip()!r}:", highlight=False)
     print(plaintext, flush=True)
     err.print(
@@ -779,11 +789,8 @@ def api_keys_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
     """Every key (never the keys themselves): id, name, how it starts, use and status."""
     from recobra.store.keys import list_keys  # noqa: PLC0415
 
-    store = _store(_settings(config, database_url=database_url))
-    try:
+    with _opened_store(config, database_url) as store:
         keys = list_keys(store.engine)
-    finally:
-        store.dispose()
     if not keys:
         console.print("no API keys yet: create one with `recobra api-keys create NAME`")
         return
@@ -812,8 +819,7 @@ def api_keys_revoke(
     """Revoke a key: requests with it are refused at once."""
     from recobra.store.keys import get_key, revoke_key  # noqa: PLC0415
 
-    store = _store(_settings(config, database_url=database_url))
-    try:
+    with _opened_store(config, database_url) as store:
         before = get_key(store.engine, key_id)
         if before is None:
             raise fail(f"no API key {key_id!r} (see `recobra api-keys list`)", 1)
@@ -821,8 +827,6 @@ def api_keys_revoke(
             console.print(f"{key_id} was already revoked on {before.revoked_at:%Y-%m-%d %H:%M} UTC")
             return
         revoke_key(store.engine, key_id, datetime.now(UTC))
-    finally:
-        store.dispose()
     console.print(f"{key_id} ({before.name!r}) revoked")
 
 
