@@ -340,7 +340,10 @@ def worker(
         f"(gateway {engine.gateway.name})"
     )
     while not stopping:
-        _work_once(engine, messenger, relay)
+        try:
+            _work_once(engine, messenger, relay)
+        except Exception as exc:  # one failed cycle must not stop the worker: claims expire, work resumes
+            err.print(f"cycle failed: {type(exc).__name__}: {exc}", highlight=False, markup=False)
         deadline = time.monotonic() + settings.poll_interval_s
         while not stopping and time.monotonic() < deadline:
             time.sleep(min(0.2, settings.poll_interval_s))

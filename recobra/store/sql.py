@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from recobra.domain.case import CaseEvent, CaseStatus, DunningCase, FinalAction, NextAction
 from recobra.domain.declines import Decline, DeclineCategory, classify
@@ -153,7 +154,10 @@ _SAVE_CASES = {
 _NEXT_DUE = select(func.min(cases_t.c.next_action_at))
 _LOCK_CASES = {
     pg: (
-        select(cases_t.c.id, cases_t.c.version).where(cases_t.c.id.in_(_ids)).with_for_update()
+        select(cases_t.c.id, cases_t.c.version)
+        .where(cases_t.c.id.in_(_ids))
+        .order_by(cases_t.c.id)
+        .with_for_update()
         if pg
         else select(cases_t.c.id, cases_t.c.version).where(cases_t.c.id.in_(_ids))
     )
@@ -348,6 +352,22 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     return create_engine(url, echo=echo, pool_pre_ping=True)
 
 
+def _by_id(row: dict[str, Any]) -> Any:
+    return row["k_id"]
+
+
+# PostgreSQL's deadlock_detected and serialization_failure; SQLite's "database is locked".
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None)
+    text = str(exc.orig)
+    # The same event delivered twice at once: on the retry it is a duplicate.
+    same_event = "processed_events" in text and (code == "23505" or "UNIQUE constraint failed" in text)
+    return code in _RETRYABLE_SQLSTATES or "database is locked" in text or same_event
+
+
 def _upsert(
     conn: Connection,
     table: Any,
@@ -362,6 +382,7 @@ def _upsert(
         return
     dialect = conn.dialect.name
     cols = tuple(rows[0])
+    rows = sorted(rows, key=lambda r: tuple(r[k] for k in keys))  # a consistent lock order
     cache_key = ("upsert", dialect, table.name, cols, tuple(keys), tuple(keep))
     stmt = _STATEMENTS.get(cache_key)
     if stmt is None:
@@ -491,22 +512,28 @@ class SqlUnitOfWork:
         self._subscription_statuses: dict[str, str] = {}
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             if self._tx.is_active:
                 self._tx.rollback()
         finally:
             self.conn.close()
+        if isinstance(exc, DBAPIError) and _retryable(exc):
+            # A deadlock or serialization failure between concurrent writers: nothing was
+            # written; the caller redoes the unit of work on fresh state.
+            raise ConcurrentUpdate(f"concurrent writers collided: {exc.orig}") from exc
 
     def commit(self) -> None:
         # Status changes are buffered and written in two statements at the end: a tick
         # changes hundreds of invoices and subscriptions, and nothing reads them back.
         if self._invoice_statuses:
-            self.conn.execute(_SET_INVOICE_STATUS, list(self._invoice_statuses.values()))
+            # In key order, like every multi-row write: concurrent writers then take
+            # their row locks in the same order and cannot deadlock.
+            self.conn.execute(_SET_INVOICE_STATUS, sorted(self._invoice_statuses.values(), key=_by_id))
         if self._subscription_statuses:
             self.conn.execute(
                 _SET_SUBSCRIPTION_STATUS,
-                [{"k_id": k, "v_status": v} for k, v in self._subscription_statuses.items()],
+                [{"k_id": k, "v_status": v} for k, v in sorted(self._subscription_statuses.items())],
             )
         self._tx.commit()
 
@@ -744,6 +771,7 @@ class SqlUnitOfWork:
             values["k_version"] = case.version
             rows.append(values)
             events.extend(_event_values(case.collect_events()))
+        rows.sort(key=_by_id)
         result = self.conn.execute(_SAVE_CASES[release_claims], rows)
         if result.rowcount != len(rows):
             raise ConcurrentUpdate(
