@@ -22,18 +22,14 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
-from sqlalchemy import text
+from benchdb import fresh_database
 
 from recobra.store.keys import create_key
-from recobra.store.migrate import upgrade
 from recobra.store.sql import make_engine
-from recobra.store.tables import Base
 
 MARKETS = [
     ("MX", "America/Mexico_City", "MXN", "es", 29900),
@@ -109,13 +105,9 @@ async def load(base: str, key: str, bodies: list[list[dict[str, object]]], concu
     return latencies
 
 
-def prepare_database(url: str) -> str:
-    """A fresh Recobra schema and an API key for the load."""
+def api_key(url: str) -> str:
+    """An API key for the load."""
     db = make_engine(url)
-    with db.begin() as conn:
-        Base.metadata.drop_all(conn)
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    upgrade(db)
     _, key = create_key(db, "benchmark", datetime.now(UTC))
     db.dispose()
     return key
@@ -188,30 +180,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="events per request")
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    tmp = None
-    url = args.database_url
-    if url is None:
-        tmp = tempfile.TemporaryDirectory(prefix="recobra-bench-")
-        url = f"sqlite:///{Path(tmp.name) / 'bench.db'}"
-    key = prepare_database(url)
-    port = free_port()
-    server = start_server(url, port)
-    try:
-        at = datetime.now(UTC).isoformat()
-        events = [event(i, at) for i in range(args.events)]
-        bodies = [events[i : i + args.batch] for i in range(0, len(events), args.batch)]
-        started = time.perf_counter()
-        latencies = asyncio.run(load(f"http://127.0.0.1:{port}", key, bodies, args.concurrency))
-        wall = time.perf_counter() - started
-    except RuntimeError:
-        server.send_signal(signal.SIGTERM)
-        _, errors = server.communicate(timeout=30)
-        print(errors[-3000:], file=sys.stderr)
-        raise
-    finally:
-        stop_server(server)
-        if tmp:
-            tmp.cleanup()
+    with fresh_database(args.database_url) as url:
+        key = api_key(url)
+        port = free_port()
+        server = start_server(url, port)
+        try:
+            at = datetime.now(UTC).isoformat()
+            events = [event(i, at) for i in range(args.events)]
+            bodies = [events[i : i + args.batch] for i in range(0, len(events), args.batch)]
+            started = time.perf_counter()
+            latencies = asyncio.run(load(f"http://127.0.0.1:{port}", key, bodies, args.concurrency))
+            wall = time.perf_counter() - started
+        except RuntimeError:
+            server.send_signal(signal.SIGTERM)
+            _, errors = server.communicate(timeout=30)
+            print(errors[-3000:], file=sys.stderr)
+            raise
+        finally:
+            stop_server(server)
     print(json.dumps(figures(args, url, wall, latencies), indent=2))
 
 

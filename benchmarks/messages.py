@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from sqlalchemy import text
+from benchdb import fresh_database
 
 from recobra.bootstrap import build_engine, build_messenger, open_store
 from recobra.domain.messages import ChannelKind
@@ -40,9 +38,6 @@ from recobra.engine.commands import PaymentFailed
 from recobra.policyfile import parse_policy
 from recobra.ports import DeliveryResult, DeliveryStatus, OutgoingMessage
 from recobra.settings import Settings
-from recobra.store.migrate import upgrade
-from recobra.store.sql import make_engine
-from recobra.store.tables import Base
 
 POLICY = """
 name = "bench"
@@ -99,39 +94,26 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
     args = parser.parse_args()
-    tmp = None
-    url = args.database_url
-    if url is None:
-        tmp = tempfile.TemporaryDirectory(prefix="recobra-bench-")
-        url = f"sqlite:///{Path(tmp.name) / 'bench.db'}"
-    db = make_engine(url)
-    with db.begin() as conn:
-        Base.metadata.drop_all(conn)
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    upgrade(db)
-    db.dispose()
+    with fresh_database(args.database_url) as url:
+        store = open_store(url)
+        policies = parse_policy(POLICY)
+        settings = Settings(database_url=url, policy_file=None, quiet_start=0, quiet_end=0)
+        engine = build_engine(settings, store=store, policies=policies)
+        channels = {ChannelKind.EMAIL: Accept()}
+        messenger = build_messenger(
+            settings, store, policies, channels=channels, link_secret=secrets.token_urlsafe(32)
+        )
+        events = failures(args.messages)
 
-    store = open_store(url)
-    policies = parse_policy(POLICY)
-    settings = Settings(database_url=url, policy_file=None, quiet_start=0, quiet_end=0)
-    engine = build_engine(settings, store=store, policies=policies)
-    channels = {ChannelKind.EMAIL: Accept()}
-    messenger = build_messenger(
-        settings, store, policies, channels=channels, link_secret=secrets.token_urlsafe(32)
-    )
-    events = failures(args.messages)
+        started = time.perf_counter()
+        for i in range(0, len(events), 1000):
+            engine.handle_many(events[i : i + 1000])
+        queued = time.perf_counter() - started
 
-    started = time.perf_counter()
-    for i in range(0, len(events), 1000):
-        engine.handle_many(events[i : i + 1000])
-    queued = time.perf_counter() - started
-
-    started = time.perf_counter()
-    report = messenger.dispatch(NOW + timedelta(minutes=1))
-    dispatched = time.perf_counter() - started
-    store.dispose()
-    if tmp:
-        tmp.cleanup()
+        started = time.perf_counter()
+        report = messenger.dispatch(NOW + timedelta(minutes=1))
+        dispatched = time.perf_counter() - started
+        store.dispose()
     print(
         json.dumps(
             {

@@ -15,24 +15,12 @@ import cProfile
 import io
 import json
 import pstats
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-from sqlalchemy import text
+from benchdb import fresh_database
 
 from recobra.sim.runner import run_simulation
-from recobra.store.sql import make_engine
-from recobra.store.tables import Base
-
-
-def _reset(url: str) -> None:
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        Base.metadata.drop_all(conn)
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    engine.dispose()
 
 
 def main() -> None:
@@ -50,30 +38,24 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    tmp = None
-    url = args.database_url
-    if url is None:
-        tmp = tempfile.TemporaryDirectory(prefix="recobra-bench-")
-        url = f"sqlite:///{Path(tmp.name) / 'bench.db'}"
-    else:
-        _reset(url)
     profiler = cProfile.Profile() if args.profile else None
     started = time.perf_counter()
     if profiler:
         profiler.enable()
-    report = run_simulation(
-        customers=args.customers,
-        days=args.days,
-        seed=args.seed,
-        policy=None,
-        gateway="simulated",
-        gateway_settings={},
-        database_url=url,
-        start=datetime(2026, 1, 1, tzinfo=UTC),
-        resolution_minutes=args.resolution,
-        show_progress=True,
-        messages=args.messages,
-    )
+    with fresh_database(args.database_url) as url:
+        report = run_simulation(
+            customers=args.customers,
+            days=args.days,
+            seed=args.seed,
+            policy=None,
+            gateway="simulated",
+            gateway_settings={},
+            database_url=url,
+            start=datetime(2026, 1, 1, tzinfo=UTC),
+            resolution_minutes=args.resolution,
+            show_progress=True,
+            messages=args.messages,
+        )
     if profiler:
         profiler.disable()
     total = time.perf_counter() - started
@@ -96,8 +78,6 @@ def main() -> None:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
         print(out.getvalue())
-    if tmp:
-        tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -74,8 +74,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _settings(config: Path | None, **overrides: Any) -> Settings:
+def _settings(config: Path | None, *, policy: Path | None = None, **overrides: Any) -> Settings:
     gateway_settings = overrides.pop("gateway_setting", None)
+    if policy is not None:
+        overrides["policy_file"] = str(policy)
     try:
         settings = load_settings(config, **overrides)
     except SettingsError as exc:
@@ -139,7 +141,7 @@ def policy_check(
 @policy_app.command("show")
 def policy_show(config: ConfigOpt = None, policy: PolicyOpt = None) -> None:
     """Show the policy in effect (the configured file, or the shipped default)."""
-    settings = _settings(config, policy_file=str(policy) if policy else None)
+    settings = _settings(config, policy=policy)
     try:
         loaded = load_policies(settings)
     except PolicyError as exc:
@@ -237,7 +239,7 @@ def events_ingest(
         database_url=database_url,
         gateway=gateway,
         gateway_setting=gateway_setting,
-        policy_file=str(policy) if policy else None,
+        policy=policy,
     )
     text = sys.stdin.read() if str(file) == "-" else _read(file)
     try:
@@ -297,7 +299,7 @@ def tick(
         database_url=database_url,
         gateway=gateway,
         gateway_setting=gateway_setting,
-        policy_file=str(policy) if policy else None,
+        policy=policy,
     )
     engine = _engine(settings)
     report = engine.tick(_parse_now(now))
@@ -320,7 +322,7 @@ def worker(
         database_url=database_url,
         gateway=gateway,
         gateway_setting=gateway_setting,
-        policy_file=str(policy) if policy else None,
+        policy=policy,
         poll_interval_s=interval,
     )
     engine = _engine(settings)
@@ -713,7 +715,7 @@ def serve(
         database_url=database_url,
         gateway=gateway,
         gateway_setting=gateway_setting,
-        policy_file=str(policy) if policy else None,
+        policy=policy,
     )
     try:
         services = Services.from_settings(settings)

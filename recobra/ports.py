@@ -36,7 +36,6 @@ __all__ = [
     "ChargeRequest",
     "ChargeResult",
     "ChargeStatus",
-    "Clock",
     "ConcurrentUpdate",
     "DeliveryResult",
     "DeliveryStatus",
@@ -52,14 +51,6 @@ __all__ = [
     "Store",
     "UnitOfWork",
 ]
-
-
-class Clock(Protocol):
-    """Where the current time comes from. Production: the wall clock; simulation: a jumping clock."""
-
-    def now(self) -> datetime:
-        """An aware datetime (UTC)."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

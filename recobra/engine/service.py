@@ -536,54 +536,63 @@ class Engine:
     def _cancellation_messages(
         self, customer_id: str, subscription_id: str, cases: Sequence[DunningCase], at: datetime
     ) -> list[OutboxEntry]:
-        entries = []
-        for kind in (MessageKind.SUBSCRIPTION_CANCELED, MessageKind.WIN_BACK):
-            rule = self.policies.notifications.get(kind)
-            if rule is None:
-                continue
-            step = f"{kind}@{at:%Y%m%dT%H%M%S}"
-            for channel in rule.channels:
-                entries.append(
-                    OutboxEntry(
-                        key=message_key(f"sub:{subscription_id}", step, channel),
-                        customer_id=customer_id,
-                        case_id=cases[0].id if cases else None,
-                        kind=kind,
-                        channel=channel,
-                        step=step,
-                        due_at=at + rule.delay,
-                        context={"for_subscription": subscription_id},
-                    )
-                )
-        return entries
+        return [
+            entry
+            for kind in (MessageKind.SUBSCRIPTION_CANCELED, MessageKind.WIN_BACK)
+            for entry in self._notify(
+                kind,
+                at,
+                scope=f"sub:{subscription_id}",
+                customer_id=customer_id,
+                case_id=cases[0].id if cases else None,
+                context={"for_subscription": subscription_id},
+            )
+        ]
 
     def _notifications(self, case: DunningCase) -> list[OutboxEntry]:
         """Messages that this case's new (not yet saved) events trigger."""
-        kinds: list[tuple[MessageKind, datetime]] = []
+        entries = []
         for event in case.events:
             if event.kind is EventKind.PAYMENT_METHOD_UPDATED:
-                kinds.append((MessageKind.PAYMENT_METHOD_UPDATED, event.at))
+                kind = MessageKind.PAYMENT_METHOD_UPDATED
             elif event.kind is EventKind.STATUS_CHANGED and event.to_status is CaseStatus.RECOVERED:
-                kinds.append((MessageKind.PAYMENT_RECOVERED, event.at))
-        entries = []
-        for kind, at in kinds:
-            rule = self.policies.notifications.get(kind)
-            if rule is None:
+                kind = MessageKind.PAYMENT_RECOVERED
+            else:
                 continue
-            step = f"{kind}@{at:%Y%m%dT%H%M%S}"
-            for channel in rule.channels:
-                entries.append(
-                    OutboxEntry(
-                        key=message_key(case.id, step, channel),
-                        customer_id=case.customer_id,
-                        case_id=case.id,
-                        kind=kind,
-                        channel=channel,
-                        step=step,
-                        due_at=at + rule.delay,
-                    )
-                )
+            entries.extend(
+                self._notify(kind, event.at, scope=case.id, customer_id=case.customer_id, case_id=case.id)
+            )
         return entries
+
+    def _notify(
+        self,
+        kind: MessageKind,
+        at: datetime,
+        *,
+        scope: str,
+        customer_id: str,
+        case_id: str | None,
+        context: dict[str, str] | None = None,
+    ) -> list[OutboxEntry]:
+        """The policy's notification ``kind`` for something that happened ``at``, on each
+        of its channels (none when the policy does not send that kind)."""
+        rule = self.policies.notifications.get(kind)
+        if rule is None:
+            return []
+        step = f"{kind}@{at:%Y%m%dT%H%M%S}"
+        return [
+            OutboxEntry(
+                key=message_key(scope, step, channel),
+                customer_id=customer_id,
+                case_id=case_id,
+                kind=kind,
+                channel=channel,
+                step=step,
+                due_at=at + rule.delay,
+                context=context or {},
+            )
+            for channel in rule.channels
+        ]
 
     # ------------------------------------------------------------------ decisions
 

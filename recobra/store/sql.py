@@ -433,6 +433,19 @@ def _case_from_row(r: Row[Any]) -> DunningCase:
     )
 
 
+def _customer_from_row(r: Row[Any]) -> Customer:
+    return Customer(
+        id=r.id,
+        email=r.email,
+        locale=r.locale,
+        timezone=r.timezone,
+        country=r.country,
+        name=r.name,
+        phone=r.phone,
+        created_at=r.created_at,
+    )
+
+
 def _method_from_row(r: Row[Any]) -> PaymentMethod:
     return PaymentMethod(
         id=r.id,
@@ -693,16 +706,7 @@ class SqlUnitOfWork:
         ids = list(case_ids)
         cases = [_case_from_row(r) for r in self.conn.execute(_CASES_BY_ID, {"ids": ids})]
         customers = {
-            r.id: Customer(
-                id=r.id,
-                email=r.email,
-                locale=r.locale,
-                timezone=r.timezone,
-                country=r.country,
-                name=r.name,
-                phone=r.phone,
-                created_at=r.created_at,
-            )
+            r.id: _customer_from_row(r)
             for r in self.conn.execute(_CUSTOMERS_BY_ID, {"ids": list({c.customer_id for c in cases})})
         }
         pm_ids = list({c.payment_method_id for c in cases})
@@ -1062,17 +1066,7 @@ class SqlUnitOfWork:
         customer_ids = list({r.customer_id for r in rows})
         case_ids = list({r.case_id for r in rows if r.case_id})
         customers = {
-            r.id: Customer(
-                id=r.id,
-                email=r.email,
-                locale=r.locale,
-                timezone=r.timezone,
-                country=r.country,
-                name=r.name,
-                phone=r.phone,
-                created_at=r.created_at,
-            )
-            for r in self.conn.execute(_CUSTOMERS_BY_ID, {"ids": customer_ids})
+            r.id: _customer_from_row(r) for r in self.conn.execute(_CUSTOMERS_BY_ID, {"ids": customer_ids})
         }
         prefs = {r.customer_id: r for r in self.conn.execute(_PREFS_BY_CUSTOMER, {"ids": customer_ids})}
         push: dict[str, list[str]] = {}
