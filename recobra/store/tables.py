@@ -262,3 +262,37 @@ class UsedLinkRow(Base):
     purpose: Mapped[str] = mapped_column(String(32))
     subject: Mapped[str] = mapped_column(String(200))
     used_at: Mapped[datetime]
+
+
+class ExitSurveyRow(Base):
+    """One answer to the cancellation survey. ``customer_id`` and ``subscription_id``
+    are NULL when the customer chose to answer anonymously; ``plan_id`` stays so the
+    answers can still be read by plan. ``offer`` is the save offer shown (NULL when
+    none fitted) and ``outcome`` what came of it: ``canceled`` or ``saved``."""
+
+    __tablename__ = "exit_surveys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    subscription_id: Mapped[str | None] = mapped_column(String(128))
+    plan_id: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(32))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    locale: Mapped[str] = mapped_column(String(8))
+    offer: Mapped[str | None] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class PolicyVersionRow(Base):
+    """Every policy file the service has been given, in order. The active one is the
+    version with the latest ``activated_at``; files are kept whole (TOML source) so
+    the history shows exactly what ran."""
+
+    __tablename__ = "policy_versions"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    source: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(128))
+    activated_at: Mapped[datetime | None] = mapped_column(index=True)
