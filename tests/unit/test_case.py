@@ -22,7 +22,8 @@ from recobra.domain.errors import DomainError, IllegalTransition
 from recobra.domain.money import Money
 
 T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
-TERMINAL = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
+# Closed statuses; final_action_done alone may be reopened (the customer comes back).
+TERMINAL = frozenset(CaseStatus) - ACTIVE_STATUSES
 
 LEGAL = sorted((a, b) for a, targets in TRANSITIONS.items() for b in targets)
 ILLEGAL = sorted((a, b) for a in CaseStatus for b in CaseStatus if b not in TRANSITIONS[a])
