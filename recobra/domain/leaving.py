@@ -128,7 +128,14 @@ def add_months(moment: datetime, months: int) -> datetime:
     return moment.replace(year=year, month=month, day=day)
 
 
-CANCELABLE = frozenset({SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE, SubscriptionStatus.UNPAID})
+CANCELABLE = frozenset(
+    {
+        SubscriptionStatus.ACTIVE,
+        SubscriptionStatus.PAST_DUE,
+        SubscriptionStatus.UNPAID,
+        SubscriptionStatus.PAUSED,
+    }
+)
 """Statuses from which a customer may cancel (or be offered a save)."""
 
 REACTIVATABLE = frozenset({SubscriptionStatus.CANCELED, SubscriptionStatus.PAUSED})
