@@ -28,7 +28,13 @@ from pydantic import (
 
 from recobra.domain.case import FinalAction
 from recobra.domain.errors import DomainError
-from recobra.domain.leaving import ExitReason, OfferKind, SaveOffer
+from recobra.domain.leaving import (
+    MAX_DISCOUNT_CYCLES,
+    MAX_PAUSE_MONTHS,
+    ExitReason,
+    OfferKind,
+    SaveOffer,
+)
 from recobra.domain.messages import ChannelKind, MessageKind
 from recobra.domain.model import Funding, Interval
 from recobra.domain.money import normalise_currency
@@ -193,6 +199,29 @@ class SaveOfferModel(_Model):
     percent: StrictInt | None = None
     cycles: StrictInt | None = None
     plan: str | None = None
+
+    # Ranges checked here too, in the same pass as the shape, so every problem of a
+    # file is reported at once; the domain checks them again for offers built in code.
+    @field_validator("months")
+    @classmethod
+    def _months(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= MAX_PAUSE_MONTHS:
+            raise ValueError(f"a pause lasts 1 to {MAX_PAUSE_MONTHS} months, got {value}")
+        return value
+
+    @field_validator("percent")
+    @classmethod
+    def _percent(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 100:
+            raise ValueError(f"must be 1-100, got {value}")
+        return value
+
+    @field_validator("cycles")
+    @classmethod
+    def _cycles(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= MAX_DISCOUNT_CYCLES:
+            raise ValueError(f"must be 1-{MAX_DISCOUNT_CYCLES} invoices, got {value}")
+        return value
 
     @model_validator(mode="after")
     def _shape(self) -> SaveOfferModel:

@@ -122,13 +122,27 @@ def _context(request: Request, svc: Services, j: _Journey, **extra: Any) -> dict
     return {**_common(request, svc, j.lang), "t": j.t, **extra}
 
 
+def _final(request: Request, svc: Services, j: _Journey, **extra: Any) -> dict[str, Any]:
+    """A page that ends a journey: its link is spent, so no language switch (it would
+    open the spent link)."""
+    return {**_context(request, svc, j, **extra), "switch_url": None}
+
+
 def _notice(
-    request: Request, svc: Services, j: _Journey, title: str, body: str, status: int = 200
+    request: Request,
+    svc: Services,
+    j: _Journey,
+    title: str,
+    body: str,
+    status: int = 200,
+    *,
+    final: bool = False,
 ) -> HTMLResponse:
+    context = _final if final else _context
     return _page(
         "notice.html.j2",
         status,
-        **_context(request, svc, j, title=title, heading=title, body=body, again_url=None),
+        **context(request, svc, j, title=title, heading=title, body=body, again_url=None),
     )
 
 
@@ -288,7 +302,7 @@ def cancel_step(
     if j.status not in CANCELABLE:
         # Already canceled (elsewhere): only the survey.
         _finish(svc, j, answer, offer=None, outcome="canceled", now=now)
-        return _notice(request, svc, j, t["surveyed_title"], t["surveyed"])
+        return _notice(request, svc, j, t["surveyed_title"], t["surveyed"], final=True)
 
     offer = _offer(svc, j, answer.reason)
     common = _context(request, svc, j, action=_action(j, token), form=form, errors={})
@@ -380,7 +394,7 @@ def _cancel(
     back = svc.links.token("reactivate", j.subscription_id, now=now, ttl=max(REACTIVATE_TTL, retention))
     return _page(
         "cancel_done.html.j2",
-        **_context(
+        **_final(
             request,
             svc,
             j,
@@ -395,7 +409,7 @@ def _cancel(
 def _accept(
     request: Request, svc: Services, j: _Journey, answer: ExitAnswer, offer: SaveOffer, now: datetime
 ) -> HTMLResponse:
-    t, sub_id, why = j.t, j.subscription_id, f"save offer accepted: {offer.describe()}"
+    t, sub_id, why = j.t, j.subscription_id, "save offer accepted on the hosted cancel page"
     command: SubscriptionPaused | DiscountGranted | PlanChanged
     match offer.kind:
         case OfferKind.PAUSE:
@@ -417,7 +431,7 @@ def _accept(
     except GatewayError:
         return _gateway_problem(request, svc, j)
     _finish(svc, j, answer, offer=offer, outcome="saved", now=now)
-    return _notice(request, svc, j, t["saved_title"], f"{done} {t['saved_email']}")
+    return _notice(request, svc, j, t["saved_title"], f"{done} {t['saved_email']}", final=True)
 
 
 # ---------------------------------------------------------------- reactivate
@@ -483,7 +497,7 @@ def reactivate(token: str, request: Request, svc: Annotated[Services, Depends(ge
             if result.paid
             else t["reactivated"].format(plan=sub.plan.name)
         )
-        return _reactivate_result(request, svc, j, t["reactivated_title"], [body], None)
+        return _reactivate_result(request, svc, j, t["reactivated_title"], [body], None, final=True)
     # Declined now, or a repeated submission of an attempt that was declined: the
     # invoice's case waits for a new payment method.
     with svc.store.unit_of_work() as uow:
@@ -510,11 +524,14 @@ def _reactivate_result(
     lines: list[str],
     update_url: str | None,
     status: int = 200,
+    *,
+    final: bool = False,
 ) -> HTMLResponse:
+    context = _final if final else _context
     return _page(
         "reactivate.html.j2",
         status,
-        **_context(
+        **context(
             request, svc, j, title=heading, heading=heading, lines=lines, action=None, update_url=update_url
         ),
     )
