@@ -280,11 +280,13 @@ def cancel_step(
     token: str,
     request: Request,
     svc: Annotated[Services, Depends(get_services)],
-    step: Annotated[str, Form(max_length=10)] = "reason",
-    reason: Annotated[str, Form(max_length=40)] = "",
-    comment: Annotated[str, Form(max_length=4000)] = "",
-    anonymous: Annotated[str, Form(max_length=5)] = "",
-    decision: Annotated[str, Form(max_length=10)] = "",
+    # No length limits here: a long value gets the page's own message next to its
+    # field (the comment is capped by the domain), not a bare validation error.
+    step: Annotated[str, Form()] = "reason",
+    reason: Annotated[str, Form()] = "",
+    comment: Annotated[str, Form()] = "",
+    anonymous: Annotated[str, Form()] = "",
+    decision: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
     j = _open(request, svc, token, "cancel")
     if isinstance(j, HTMLResponse):

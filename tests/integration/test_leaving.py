@@ -330,6 +330,8 @@ def test_a_double_submit_changes_things_once(journey: Journey) -> None:
         ({"reason": "bored"}, "reason", "Choose the reason that fits best."),
         ({"reason": "other", "comment": "   "}, "comment", "since you chose “something else”"),
         ({"reason": "switching", "comment": "x" * 2001}, "comment", "under 2,000 characters"),
+        ({"reason": "switching", "comment": "x" * 20000}, "comment", "under 2,000 characters"),
+        ({"reason": "y" * 500}, "reason", "Choose the reason that fits best."),
         ({"reason": "not_using", "step": "offer", "decision": "maybe"}, "decision", "Choose one of the two"),
     ],
 )
