@@ -666,7 +666,10 @@ class Engine:
                         self._activate(uow, after.customer_id, cmd, after)
                         uow.commit()
                         return Reactivation(ReactivationOutcome.ACTIVE, case_id=case.id, paid=case.amount)
-                    if after.is_active:
+                    # Declined, so the engine put the final action back at "now" (the
+                    # window is long over): give the customer the grace period again.
+                    # A retry still pending (another worker claimed it) is left alone.
+                    if after.is_active and after.next_action is NextAction.FINAL_ACTION:
                         policy = self._policy(after)
                         final_at = now + timedelta(days=max(policy.grace_days, 1))
                         reason = (
