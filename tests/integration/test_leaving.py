@@ -16,7 +16,9 @@ from recobra.engine.commands import SubscriptionUpdated
 from recobra.engine.relay import EventRelay
 from recobra.engine.service import Engine
 from recobra.gateways.simulated import SimulatedGateway
+from recobra.messages.composer import Sender, TemplateComposer
 from recobra.messages.links import LinkSigner
+from recobra.messages.render import Renderer
 from recobra.ports import DeliveryResult, DeliveryStatus, GatewayError, OutgoingMessage
 from recobra.settings import Settings
 from recobra.store.sql import SqlStore
@@ -511,3 +513,22 @@ def test_the_changes_reach_the_operators_webhook(journey: Journey) -> None:
     again = _Receiver()
     EventRelay(journey.services.store, again).relay(journey.now)
     assert again.got == []  # delivered once
+
+
+def test_the_confirmation_email_links_back_and_does_not_ask_the_survey_again(journey: Journey) -> None:
+    journey.client.post(journey.link(), data=form("switching", "confirm", decision="decline"))
+    (row,) = journey.db.rows("messages", kind="subscription_canceled")
+    composer = TemplateComposer(
+        Renderer(),
+        journey.services.links,
+        journey.services.engine.policies,
+        Sender("Acme", "help@acme.example"),
+    )
+    with journey.services.store.unit_of_work() as uow:
+        (bundle,) = uow.load_messages([row["id"]], journey.now)
+    context = composer.context(bundle, journey.now)
+    assert context.survey_url is None
+    assert context.reactivate_url is not None
+    token = context.reactivate_url.rsplit("/", 1)[1]
+    assert journey.services.links.verify("reactivate", token, now=journey.now).subject == "sub_1"
+    assert context.data_kept_until is not None
