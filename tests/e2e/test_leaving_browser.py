@@ -275,3 +275,24 @@ def test_keyboard_only(served: tuple[str, Services], browser: Any) -> None:
     with services.store.engine.connect() as conn:
         row = conn.execute(text("select customer_id, reason, comment, outcome from exit_surveys")).one()
     assert tuple(row) == (None, "not_using", "Back after the summer", "canceled")
+
+
+def test_tampered_and_expired_links_get_a_clear_page(served: tuple[str, Services], browser: Any) -> None:
+    _base, services = served
+    tab = browser.new_page(viewport=PHONE)
+    good = _link(services, "cancel", "sub_0")
+    tampered = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
+    answer = tab.goto(tampered + "?lang=es")
+    assert answer is not None
+    assert answer.status == 404
+    assert tab.locator("h1").inner_text() == "Este enlace no es válido"
+    _shot(tab, "cancel-link-tampered-es")
+    expired = services.links.make(
+        "cancel", "sub_0", now=datetime.now(UTC) - timedelta(days=30), ttl=timedelta(days=7)
+    )
+    answer = tab.goto(expired)
+    assert answer is not None
+    assert answer.status == 410
+    assert tab.locator("h1").inner_text() == "This link has expired"
+    _shot(tab, "cancel-link-expired-en")
+    assert _status(services, "sub_0") == "active"
