@@ -187,6 +187,13 @@ def _print_policy(policies: Any, title: str) -> None:
         seg.add_row(s.name, json.dumps(rule, default=str) or "everything", s.policy)
     seg.add_row("default", "anything else", policies.default_policy)
     console.print(seg)
+    offers = Table(title="save offers (by exit reason)", title_justify="left")
+    offers.add_column("reason")
+    offers.add_column("offer")
+    for reason, offer in policies.save_offers.items():
+        offers.add_row(str(reason), offer.describe())
+    if policies.save_offers:
+        console.print(offers)
 
 
 messages_app = typer.Typer(help="Look at customer messages before they are sent.", no_args_is_help=True)

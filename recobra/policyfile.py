@@ -28,6 +28,13 @@ from pydantic import (
 
 from recobra.domain.case import FinalAction
 from recobra.domain.errors import DomainError
+from recobra.domain.leaving import (
+    MAX_DISCOUNT_CYCLES,
+    MAX_PAUSE_MONTHS,
+    ExitReason,
+    OfferKind,
+    SaveOffer,
+)
 from recobra.domain.messages import ChannelKind, MessageKind
 from recobra.domain.model import Funding, Interval
 from recobra.domain.money import normalise_currency
@@ -182,6 +189,66 @@ class SegmentModel(_Model):
     match: MatchModel = MatchModel()
 
 
+class SaveOfferModel(_Model):
+    """One reason's offer: ``{ offer = "pause", months = 2 }``,
+    ``{ offer = "discount", percent = 25, cycles = 3 }``, ``{ offer = "downgrade", plan = "basic" }``
+    or ``{ offer = "none" }``."""
+
+    offer: Literal["pause", "discount", "downgrade", "none"]
+    months: StrictInt | None = None
+    percent: StrictInt | None = None
+    cycles: StrictInt | None = None
+    plan: str | None = None
+
+    # Ranges checked here too, in the same pass as the shape, so every problem of a
+    # file is reported at once; the domain checks them again for offers built in code.
+    @field_validator("months")
+    @classmethod
+    def _months(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= MAX_PAUSE_MONTHS:
+            raise ValueError(f"a pause lasts 1 to {MAX_PAUSE_MONTHS} months, got {value}")
+        return value
+
+    @field_validator("percent")
+    @classmethod
+    def _percent(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 100:
+            raise ValueError(f"must be 1-100, got {value}")
+        return value
+
+    @field_validator("cycles")
+    @classmethod
+    def _cycles(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= MAX_DISCOUNT_CYCLES:
+            raise ValueError(f"must be 1-{MAX_DISCOUNT_CYCLES} invoices, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> SaveOfferModel:
+        needs = {
+            "pause": {"months"},
+            "discount": {"percent", "cycles"},
+            "downgrade": {"plan"},
+            "none": set(),
+        }[self.offer]
+        given = {k for k in ("months", "percent", "cycles", "plan") if getattr(self, k) is not None}
+        if missing := sorted(needs - given):
+            raise ValueError(f"a {self.offer} offer needs {' and '.join(repr(m) for m in missing)}")
+        if extra := sorted(given - needs):
+            raise ValueError(f"a {self.offer} offer does not take {' or '.join(repr(e) for e in extra)}")
+        return self
+
+
+class SaveOffersModel(_Model):
+    too_expensive: SaveOfferModel | None = None
+    not_using: SaveOfferModel | None = None
+    missing_feature: SaveOfferModel | None = None
+    switching: SaveOfferModel | None = None
+    technical_problems: SaveOfferModel | None = None
+    temporary: SaveOfferModel | None = None
+    other: SaveOfferModel | None = None
+
+
 class FileModel(_Model):
     name: str = Field(min_length=1)
     version: StrictInt = Field(ge=1)
@@ -191,6 +258,7 @@ class FileModel(_Model):
     notifications: NotificationsModel = NotificationsModel()
     campaigns: list[CampaignModel] = []
     benefits: dict[str, dict[Literal["es", "en"], list[str]]] = {}
+    save_offers: SaveOffersModel = SaveOffersModel()
 
 
 _UNION_BRANCHES = {"int", "str", "literal['last_business_day']"}
@@ -240,6 +308,21 @@ def parse_policy(text: str, source: str = "<policy>") -> LoadedPolicy:
         except DomainError as exc:
             field = exc.field if exc.field.startswith("policies.") else f"{where}.{exc.field}"
             problems.append((field, exc.reason))
+    save_offers: dict[ExitReason, SaveOffer] = {}
+    for reason, om in model.save_offers:
+        if om is None or om.offer == "none":
+            continue
+        try:
+            save_offers[ExitReason(reason)] = SaveOffer(
+                OfferKind(om.offer),
+                months=om.months or 0,
+                percent=om.percent or 0,
+                cycles=om.cycles or 0,
+                plan_id=om.plan or "",
+            )
+        except DomainError as exc:
+            field = {"plan_id": "plan"}.get(exc.field, exc.field)
+            problems.append((f"save_offers.{reason}.{field}", exc.reason))
     if problems:
         raise PolicyError(source, problems)
     segments = tuple(
@@ -283,6 +366,7 @@ def parse_policy(text: str, source: str = "<policy>") -> LoadedPolicy:
                 plan: {loc: tuple(items) for loc, items in per.items()}
                 for plan, per in model.benefits.items()
             },
+            save_offers=save_offers,
         )
     except DomainError as exc:
         raise PolicyError(source, [(exc.field, exc.reason)]) from None

@@ -11,9 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from recobra.domain.case import DunningCase
+from recobra.domain.leaving import Standing, SubscriptionChange
 from recobra.domain.messages import MessageStatus, OutboxEntry, Reachability
 from recobra.domain.model import (
     Attempt,
@@ -22,6 +23,7 @@ from recobra.domain.model import (
     Invoice,
     InvoiceStatus,
     PaymentMethod,
+    Plan,
     Subscription,
     SubscriptionStatus,
 )
@@ -262,6 +264,31 @@ class UnitOfWork(Protocol):
     def customers_with_phone(self, phone: str) -> list[str]: ...
 
     def customer_of_subscription(self, subscription_id: str) -> str | None: ...
+
+    def standing(self, subscription_id: str) -> Standing | None:
+        """A subscription, its plan and the customer's own changes to it (None if unknown)."""
+        ...
+
+    def plans(self, plan_ids: Sequence[str]) -> dict[str, Plan]: ...
+
+    def update_subscription(self, subscription_id: str, **values: Any) -> None:
+        """Set ``canceled_at``, ``paused_until``, ``discount_percent``, ``discount_cycles``
+        or ``plan_id`` (the status goes through ``set_subscription_statuses``)."""
+        ...
+
+    def add_subscription_changes(self, changes: Sequence[SubscriptionChange]) -> None:
+        """Append to the subscriptions' event stream (relayed to the operator)."""
+        ...
+
+    def subscription_changes_after(
+        self, event_id: int, *, limit: int
+    ) -> list[tuple[int, SubscriptionChange]]: ...
+
+    def unpaid_case(self, subscription_id: str) -> DunningCase | None:
+        """The subscription's latest case closed by a final action with its invoice unpaid."""
+        ...
+
+    def default_payment_method(self, customer_id: str) -> PaymentMethod | None: ...
 
     def reap_messages(self, now: datetime) -> int:
         """Messages left 'sending' by a stopped worker become 'unknown' (never resent)."""

@@ -32,7 +32,9 @@ class CaseStatus(StrEnum):
     still triggers an immediate retry, which recovers the case or, on a retryable
     decline inside the window, reopens it."""
     FINAL_ACTION_DONE = "final_action_done"
-    """The policy's final action (cancel, pause or mark unpaid) went through the gateway. Terminal."""
+    """The policy's final action (cancel, pause or mark unpaid) went through the gateway.
+    Closed; only the customer coming back (reactivation) reopens it, as exhausted, to
+    collect the invoice that is still owed."""
     CANCELED = "canceled"
     """The customer canceled the subscription; dunning stops. Terminal."""
     WRITTEN_OFF = "written_off"
@@ -62,7 +64,7 @@ TRANSITIONS: dict[CaseStatus, frozenset[CaseStatus]] = {
         }
     ),
     CaseStatus.RECOVERED: frozenset(),
-    CaseStatus.FINAL_ACTION_DONE: frozenset(),
+    CaseStatus.FINAL_ACTION_DONE: frozenset({CaseStatus.EXHAUSTED}),
     CaseStatus.CANCELED: frozenset(),
     CaseStatus.WRITTEN_OFF: frozenset(),
     CaseStatus.PAID_OUT_OF_BAND: frozenset(),
@@ -186,6 +188,8 @@ class DunningCase:
         if status not in ACTIVE_STATUSES:
             self.closed_at = at
             self.clear_next_action()
+        else:
+            self.closed_at = None  # reopened
 
     def schedule(self, action: NextAction, at: datetime, reason: str) -> None:
         require_aware("case.next_action_at", at)

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from recobra.domain.case import FinalAction
 from recobra.domain.errors import DomainError
+from recobra.domain.leaving import ExitReason, SaveOffer
 from recobra.domain.messages import ChannelKind, MessageKind
 from recobra.domain.model import Funding, Interval
 
@@ -290,6 +291,8 @@ class PolicySet:
     campaigns: tuple[Campaign, ...] = ()
     benefits: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
     """Per plan id, per locale: what the customer would lose (used by messages)."""
+    save_offers: Mapping[ExitReason, SaveOffer] = field(default_factory=dict)
+    """Per exit reason, the save offer a canceling customer sees (absent: none)."""
 
     def __post_init__(self) -> None:
         if self.default_policy not in self.policies:

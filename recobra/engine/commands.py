@@ -78,6 +78,72 @@ class SubscriptionCanceled(_Event):
     occurred_at: datetime
     subscription_id: str
     reason: str = ""
+    surveyed: bool = False
+    """The customer already answered the exit survey (the hosted journey): the
+    confirmation then does not ask for it again."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionPaused(_Event):
+    """The customer accepted a pause: nothing is collected until ``until``."""
+
+    event_id: str
+    occurred_at: datetime
+    subscription_id: str
+    until: datetime
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _Event.__post_init__(self)
+        object.__setattr__(self, "until", require_aware("until", self.until).astimezone(UTC))
+        if self.until <= self.occurred_at:
+            raise ValueError("until: a pause must end after it starts")
+
+
+@dataclass(frozen=True, slots=True)
+class DiscountGranted(_Event):
+    """The customer accepted ``percent`` off the next ``cycles`` invoices."""
+
+    event_id: str
+    occurred_at: datetime
+    subscription_id: str
+    percent: int
+    cycles: int
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _Event.__post_init__(self)
+        if not 1 <= self.percent <= 100:
+            raise ValueError(f"percent: must be 1-100, got {self.percent}")
+        if self.cycles < 1:
+            raise ValueError(f"cycles: must be at least 1, got {self.cycles}")
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChanged(_Event):
+    """The customer moved to another (known) plan."""
+
+    event_id: str
+    occurred_at: datetime
+    subscription_id: str
+    plan_id: str
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _Event.__post_init__(self)
+        if not self.plan_id:
+            raise ValueError("plan_id: must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionReactivated(_Event):
+    """A canceled or paused customer comes back: the subscription is active again
+    once any invoice still owed is paid (it is retried at once)."""
+
+    event_id: str
+    occurred_at: datetime
+    subscription_id: str
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,4 +216,9 @@ Command = (
     | ContactPreferencesChanged
     | SmsReceived
     | PushSubscribed
+    | SubscriptionPaused
+    | DiscountGranted
+    | PlanChanged
 )
+"""Everything ``Engine.handle`` takes. ``SubscriptionReactivated`` is not among them: it
+may charge, so it goes through ``Engine.reactivate``."""

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from recobra.domain.case import (
@@ -28,6 +29,7 @@ from recobra.domain.case import (
     NextAction,
 )
 from recobra.domain.declines import Decline, DeclineCategory, classify
+from recobra.domain.leaving import REACTIVATABLE, ChangeKind, SubscriptionChange
 from recobra.domain.messages import MessageKind, OutboxEntry, message_key
 from recobra.domain.model import (
     Attempt,
@@ -39,6 +41,7 @@ from recobra.domain.model import (
     idempotency_key,
     require_aware,
 )
+from recobra.domain.money import Money
 from recobra.domain.network import (
     DEFAULT_NETWORK_RULES,
     CardNetwork,
@@ -52,13 +55,17 @@ from recobra.engine.campaigns import campaign_messages
 from recobra.engine.commands import (
     Command,
     ContactPreferencesChanged,
+    DiscountGranted,
     InvoicePaidOutOfBand,
     PaymentFailed,
     PaymentMethodUpdated,
     PaymentSucceeded,
+    PlanChanged,
     PushSubscribed,
     SmsReceived,
     SubscriptionCanceled,
+    SubscriptionPaused,
+    SubscriptionReactivated,
     SubscriptionUpdated,
 )
 from recobra.ports import (
@@ -93,6 +100,33 @@ class HandleResult:
     duplicate: bool = False
     case_ids: tuple[str, ...] = ()
     note: str = ""
+
+
+class ReactivationOutcome(StrEnum):
+    """How a customer's reactivation went."""
+
+    ACTIVE = "active"
+    """The subscription is active again (any unpaid invoice was collected)."""
+    PAYMENT_DECLINED = "payment_declined"
+    """The unpaid invoice was declined: the subscription stays as it was and its case
+    waits for a new payment method."""
+    NOT_NEEDED = "not_needed"
+    """The subscription is neither canceled nor paused."""
+    UNKNOWN = "unknown"
+    """No such subscription."""
+    DUPLICATE = "duplicate"
+    """This reactivation was already handled (a repeated request)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reactivation:
+    """What ``Engine.reactivate`` did."""
+
+    outcome: ReactivationOutcome
+    case_id: str | None = None
+    """The case of the unpaid invoice, when there was one."""
+    paid: Money | None = None
+    """What was collected to come back."""
 
 
 @dataclass(slots=True)
@@ -249,6 +283,12 @@ class Engine:
                 return self._preferences_changed(uow, command)
             case SmsReceived():
                 return self._sms_received(uow, command)
+            case SubscriptionPaused():
+                return self._subscription_paused(uow, command)
+            case DiscountGranted():
+                return self._discount_granted(uow, command)
+            case PlanChanged():
+                return self._plan_changed(uow, command)
             case PushSubscribed():
                 if not uow.known_customers([command.customer_id]):
                     return HandleResult(command.event_id, note="unknown customer: ignored")
@@ -462,13 +502,28 @@ class Engine:
         if customer_id is None:
             return HandleResult(cmd.event_id, note="unknown subscription: ignored")
         uow.set_subscription_statuses([(cmd.subscription_id, SubscriptionStatus.CANCELED)])
+        uow.update_subscription(cmd.subscription_id, canceled_at=cmd.occurred_at, paused_until=None)
         cases = uow.active_cases(subscription_id=cmd.subscription_id)
         why = f": {cmd.reason}" if cmd.reason else ""
         uow.set_suppressed(customer_id, cmd.occurred_at)
         # The Basecamp-style confirmation (and a later win-back, if opted in) follows
         # every cancellation, whether or not a payment was failing.
         uow.add_messages(
-            self._cancellation_messages(customer_id, cmd.subscription_id, cases, cmd.occurred_at)
+            self._cancellation_messages(
+                customer_id, cmd.subscription_id, cases, cmd.occurred_at, surveyed=cmd.surveyed
+            )
+        )
+        uow.add_subscription_changes(
+            [
+                SubscriptionChange(
+                    cmd.subscription_id,
+                    customer_id,
+                    cmd.occurred_at,
+                    ChangeKind.CANCELED,
+                    f"canceled{why}",
+                    {"open_cases_stopped": [c.id for c in cases]},
+                )
+            ]
         )
         for case in cases:
             case.transition_to(
@@ -477,6 +532,190 @@ class Engine:
             uow.set_invoice_status(case.invoice_id, InvoiceStatus.VOID, cmd.occurred_at)
         self._save(uow, cases, release_claims=True)
         return HandleResult(cmd.event_id, case_ids=tuple(c.id for c in cases))
+
+    # ------------------------------------------------------------------ leaving and coming back
+
+    def customer_change(self, command: Command) -> HandleResult:
+        """A change the customer asked for on a hosted page. Cancellations and pauses go
+        to the gateway first (idempotent on the event id, so a repeat is harmless); a
+        ``GatewayError`` leaves everything as it was. Then the change is handled like
+        any event: a repeated event id is a duplicate and changes nothing."""
+        key = f"recobra:{command.event_id}"
+        if isinstance(command, SubscriptionCanceled):
+            self.gateway.cancel_subscription(
+                command.subscription_id, at=command.occurred_at, idempotency_key=key
+            )
+        elif isinstance(command, SubscriptionPaused):
+            self.gateway.pause_subscription(
+                command.subscription_id, at=command.occurred_at, idempotency_key=key
+            )
+        return self.handle(command)
+
+    def _subscription_paused(self, uow: UnitOfWork, cmd: SubscriptionPaused) -> HandleResult:
+        customer_id = uow.customer_of_subscription(cmd.subscription_id)
+        if customer_id is None:
+            return HandleResult(cmd.event_id, note="unknown subscription: ignored")
+        uow.set_subscription_statuses([(cmd.subscription_id, SubscriptionStatus.PAUSED)])
+        uow.update_subscription(cmd.subscription_id, paused_until=cmd.until)
+        why = f": {cmd.reason}" if cmd.reason else ""
+        uow.add_subscription_changes(
+            [
+                SubscriptionChange(
+                    cmd.subscription_id,
+                    customer_id,
+                    cmd.occurred_at,
+                    ChangeKind.PAUSED,
+                    f"paused until {cmd.until:%Y-%m-%d} UTC{why}",
+                    {"resumes_at": cmd.until.isoformat()},
+                )
+            ]
+        )
+        return HandleResult(cmd.event_id)
+
+    def _discount_granted(self, uow: UnitOfWork, cmd: DiscountGranted) -> HandleResult:
+        customer_id = uow.customer_of_subscription(cmd.subscription_id)
+        if customer_id is None:
+            return HandleResult(cmd.event_id, note="unknown subscription: ignored")
+        uow.update_subscription(cmd.subscription_id, discount_percent=cmd.percent, discount_cycles=cmd.cycles)
+        why = f": {cmd.reason}" if cmd.reason else ""
+        uow.add_subscription_changes(
+            [
+                SubscriptionChange(
+                    cmd.subscription_id,
+                    customer_id,
+                    cmd.occurred_at,
+                    ChangeKind.DISCOUNTED,
+                    f"{cmd.percent}% off the next {cmd.cycles} invoice(s){why}",
+                    {"percent_off": cmd.percent, "invoices": cmd.cycles},
+                )
+            ]
+        )
+        return HandleResult(cmd.event_id)
+
+    def _plan_changed(self, uow: UnitOfWork, cmd: PlanChanged) -> HandleResult:
+        standing = uow.standing(cmd.subscription_id)
+        if standing is None:
+            return HandleResult(cmd.event_id, note="unknown subscription: ignored")
+        if cmd.plan_id not in uow.plans([cmd.plan_id]):
+            return HandleResult(cmd.event_id, note=f"unknown plan {cmd.plan_id!r}: ignored")
+        before = standing.subscription.plan.id
+        uow.update_subscription(cmd.subscription_id, plan_id=cmd.plan_id)
+        why = f": {cmd.reason}" if cmd.reason else ""
+        uow.add_subscription_changes(
+            [
+                SubscriptionChange(
+                    cmd.subscription_id,
+                    standing.subscription.customer_id,
+                    cmd.occurred_at,
+                    ChangeKind.PLAN_CHANGED,
+                    f"plan changed from {before!r} to {cmd.plan_id!r}{why}",
+                    {"from_plan": before, "to_plan": cmd.plan_id},
+                )
+            ]
+        )
+        return HandleResult(cmd.event_id)
+
+    def reactivate(self, cmd: SubscriptionReactivated) -> Reactivation:
+        """A canceled or paused subscription comes back.
+
+        Without an invoice still owed it is active again at once. When a final action
+        left an invoice unpaid, its case is reopened and the invoice retried at once with
+        the customer's default payment method: paid, the subscription is active again;
+        declined, the case waits (exhausted) ``grace_days`` for a new payment method
+        before its final action runs again, and the subscription stays as it was.
+        A repeated event id changes nothing."""
+        now = cmd.occurred_at
+        for attempt in range(1, CONCURRENCY_RETRIES + 1):
+            try:
+                with self.store.unit_of_work() as uow:
+                    if not uow.remember_events([(cmd.event_id, type(cmd).__name__, now)]):
+                        return Reactivation(ReactivationOutcome.DUPLICATE)
+                    standing = uow.standing(cmd.subscription_id)
+                    if standing is None:
+                        return Reactivation(ReactivationOutcome.UNKNOWN)
+                    if standing.subscription.status not in REACTIVATABLE:
+                        return Reactivation(ReactivationOutcome.NOT_NEEDED)
+                    case = uow.unpaid_case(cmd.subscription_id)
+                    if case is None:
+                        self._activate(uow, standing.subscription.customer_id, cmd, None)
+                        uow.commit()
+                        return Reactivation(ReactivationOutcome.ACTIVE)
+                    method = uow.default_payment_method(case.customer_id)
+                    if method is not None:
+                        case.payment_method_id = method.id
+                    case.transition_to(
+                        CaseStatus.EXHAUSTED,
+                        at=now,
+                        reason="the customer came back: the unpaid invoice is retried now",
+                    )
+                    case.schedule(NextAction.RETRY_NOW, now, "customer came back: immediate retry")
+                    uow.set_invoice_status(case.invoice_id, InvoiceStatus.OPEN, now)
+                    self._save(uow, [case], release_claims=True)
+                    uow.commit()
+                break
+            except ConcurrentUpdate:
+                if attempt == CONCURRENCY_RETRIES:
+                    raise
+        assert case is not None, "returned above when nothing is owed"
+        self.process([case.id], now)
+        for attempt in range(1, CONCURRENCY_RETRIES + 1):
+            try:
+                with self.store.unit_of_work() as uow:
+                    after = uow.load_bundles([case.id], now)[0].case
+                    if after.status is CaseStatus.RECOVERED:
+                        self._activate(uow, after.customer_id, cmd, after)
+                        uow.commit()
+                        return Reactivation(ReactivationOutcome.ACTIVE, case_id=case.id, paid=case.amount)
+                    # Declined, so the engine put the final action back at "now" (the
+                    # window is long over): give the customer the grace period again.
+                    # A retry still pending (another worker claimed it) is left alone.
+                    if after.is_active and after.next_action is NextAction.FINAL_ACTION:
+                        policy = self._policy(after)
+                        final_at = now + timedelta(days=max(policy.grace_days, 1))
+                        reason = (
+                            f"{policy.final_action} on {final_at:%Y-%m-%d %H:%M} UTC unless the payment "
+                            "method is updated: the customer came back but the retry was declined"
+                        )
+                        after.schedule(NextAction.FINAL_ACTION, final_at, reason)
+                        after.record(
+                            now, EventKind.FINAL_ACTION_SCHEDULED, reason, final_at=final_at.isoformat()
+                        )
+                        self._save(uow, [after], release_claims=True)
+                        uow.commit()
+                    return Reactivation(ReactivationOutcome.PAYMENT_DECLINED, case_id=case.id, paid=None)
+            except ConcurrentUpdate:
+                if attempt == CONCURRENCY_RETRIES:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _activate(
+        uow: UnitOfWork, customer_id: str, cmd: SubscriptionReactivated, paid: DunningCase | None
+    ) -> None:
+        uow.set_subscription_statuses([(cmd.subscription_id, SubscriptionStatus.ACTIVE)])
+        uow.update_subscription(cmd.subscription_id, canceled_at=None, paused_until=None)
+        # A customer who canceled and came back hears from us again.
+        uow.set_preferences(customer_id, cmd.occurred_at, suppressed=False)
+        why = f": {cmd.reason}" if cmd.reason else ""
+        data: dict[str, object] = {}
+        if paid is not None:
+            data = {
+                "paid_invoice": paid.invoice_id,
+                "amount_minor": paid.amount.amount_minor,
+                "currency": paid.amount.currency,
+            }
+        uow.add_subscription_changes(
+            [
+                SubscriptionChange(
+                    cmd.subscription_id,
+                    customer_id,
+                    cmd.occurred_at,
+                    ChangeKind.REACTIVATED,
+                    f"the customer came back{why}",
+                    data,
+                )
+            ]
+        )
 
     def write_off(self, case_id: str, now: datetime, *, reason: str, operator: str = "") -> DunningCase:
         """An operator gives up on a case: no more retries or final action; the invoice
@@ -534,8 +773,17 @@ class Engine:
         return entries
 
     def _cancellation_messages(
-        self, customer_id: str, subscription_id: str, cases: Sequence[DunningCase], at: datetime
+        self,
+        customer_id: str,
+        subscription_id: str,
+        cases: Sequence[DunningCase],
+        at: datetime,
+        *,
+        surveyed: bool = False,
     ) -> list[OutboxEntry]:
+        context = {"for_subscription": subscription_id}
+        if surveyed:
+            context["surveyed"] = "yes"
         return [
             entry
             for kind in (MessageKind.SUBSCRIPTION_CANCELED, MessageKind.WIN_BACK)
@@ -545,7 +793,7 @@ class Engine:
                 scope=f"sub:{subscription_id}",
                 customer_id=customer_id,
                 case_id=cases[0].id if cases else None,
-                context={"for_subscription": subscription_id},
+                context=context,
             )
         ]
 
@@ -1035,4 +1283,4 @@ def _words(decline: Decline) -> str:
     return f"{decline.category} ({raw})"
 
 
-__all__ = ["Engine", "HandleResult", "TickReport"]
+__all__ = ["Engine", "HandleResult", "Reactivation", "ReactivationOutcome", "TickReport"]

@@ -70,6 +70,14 @@ class TemplateComposer:
         benefits_by_plan = self.policies.benefits
         per_locale = benefits_by_plan.get(bundle.plan_id or "") or benefits_by_plan.get("*") or {}
         canceled = entry.kind in (MessageKind.SUBSCRIPTION_CANCELED, MessageKind.WIN_BACK)
+        # Leaving and coming back act on a subscription: their links name it (the
+        # hosted pages also accept a case or customer id, as older links carried).
+        subscription = (
+            (case.subscription_id if case else None)
+            or note.get("for_subscription")
+            or note.get("subscription")
+            or subject
+        )
         closed_at = case.closed_at if case and case.status is CaseStatus.CANCELED else None
         return MessageContext(
             customer_name=customer.name,
@@ -94,11 +102,14 @@ class TemplateComposer:
                 (closed_at or now) + timedelta(days=self.sender.data_retention_days) if canceled else None
             ),
             fix_url=None if canceled else link("update_payment"),
-            cancel_url=link("cancel") if entry.kind is MessageKind.RENEWAL_UPCOMING else None,
-            reactivate_url=link("reactivate", customer.id) if canceled else None,
+            cancel_url=(
+                link("cancel", subscription) if entry.kind is MessageKind.RENEWAL_UPCOMING else None
+            ),
+            reactivate_url=link("reactivate", subscription) if canceled else None,
             unsubscribe_url=link("unsubscribe", customer.id),
-            survey_url=link("cancel", customer.id)
-            if entry.kind is MessageKind.SUBSCRIPTION_CANCELED
+            # The exit survey, unless the customer answered it on the way out.
+            survey_url=link("cancel", subscription)
+            if entry.kind is MessageKind.SUBSCRIPTION_CANCELED and not note.get("surveyed")
             else None,
         )
 

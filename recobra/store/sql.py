@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 
 from recobra.domain.case import CaseEvent, CaseStatus, DunningCase, FinalAction, NextAction
 from recobra.domain.declines import Decline, DeclineCategory, classify
+from recobra.domain.leaving import ChangeKind, Standing, SubscriptionChange
 from recobra.domain.messages import (
     TRANSACTIONAL,
     ChannelKind,
@@ -46,9 +47,11 @@ from recobra.domain.model import (
     AttemptTrigger,
     Customer,
     Funding,
+    Interval,
     Invoice,
     InvoiceStatus,
     PaymentMethod,
+    Plan,
     Subscription,
     SubscriptionStatus,
 )
@@ -61,6 +64,7 @@ from recobra.store.tables import (
     CaseRow,
     ContactPreferenceRow,
     CustomerRow,
+    ExitSurveyRow,
     InvoiceRow,
     MessageRow,
     PaymentMethodRow,
@@ -68,6 +72,7 @@ from recobra.store.tables import (
     ProcessedEventRow,
     PushSubscriptionRow,
     RelayCursorRow,
+    SubscriptionEventRow,
     SubscriptionRow,
     UsedLinkRow,
 )
@@ -1168,6 +1173,159 @@ class SqlUnitOfWork:
             self.conn.execute(
                 update(messages_t).where(messages_t.c.id == u.id).values(data=dict(u.payload or {}))
             )
+
+    # -- leaving and coming back
+    def standing(self, subscription_id: str) -> Standing | None:
+        """A subscription, its plan and the customer's own changes to it."""
+        subs, plans = _subscriptions_t, PlanRow.__table__
+        row = self.conn.execute(
+            select(
+                subs,
+                plans.c.name.label("plan_name"),
+                plans.c.interval,
+                plans.c.amount_minor,
+                plans.c.currency,
+            )
+            .join(plans, plans.c.id == subs.c.plan_id)
+            .where(subs.c.id == subscription_id)
+        ).first()
+        if row is None:
+            return None
+        plan = Plan(row.plan_id, row.plan_name, Interval(row.interval), Money(row.amount_minor, row.currency))
+        return Standing(
+            Subscription(
+                row.id,
+                row.customer_id,
+                plan,
+                SubscriptionStatus(row.status),
+                row.started_at,
+                row.renews_at,
+            ),
+            canceled_at=row.canceled_at,
+            paused_until=row.paused_until,
+            discount_percent=row.discount_percent,
+            discount_cycles=row.discount_cycles,
+        )
+
+    def latest_subscription(self, customer_id: str) -> str | None:
+        """The customer's most recently started subscription."""
+        subs = _subscriptions_t
+        value: str | None = self.conn.scalar(
+            select(subs.c.id)
+            .where(subs.c.customer_id == customer_id)
+            .order_by(subs.c.started_at.desc(), subs.c.id.desc())
+            .limit(1)
+        )
+        return value
+
+    def case_subscription(self, case_id: str) -> str | None:
+        value: str | None = self.conn.scalar(select(cases_t.c.subscription_id).where(cases_t.c.id == case_id))
+        return value
+
+    def plans(self, plan_ids: Sequence[str]) -> dict[str, Plan]:
+        if not plan_ids:
+            return {}
+        plans = PlanRow.__table__
+        rows = self.conn.execute(select(plans).where(plans.c.id.in_(list(set(plan_ids)))))
+        return {
+            r.id: Plan(r.id, r.name, Interval(r.interval), Money(r.amount_minor, r.currency)) for r in rows
+        }
+
+    def customer(self, customer_id: str) -> Customer | None:
+        row = self.conn.execute(select(customers_t).where(customers_t.c.id == customer_id)).first()
+        return _customer_from_row(row) if row else None
+
+    def update_subscription(self, subscription_id: str, **values: Any) -> None:
+        """Set the customer's changes (``canceled_at``, ``paused_until``, ``discount_percent``,
+        ``discount_cycles``, ``plan_id``) on a subscription; status goes through
+        ``set_subscription_statuses``."""
+        allowed = {"canceled_at", "paused_until", "discount_percent", "discount_cycles", "plan_id"}
+        if unknown := set(values) - allowed:
+            raise ValueError(f"not a subscription change: {sorted(unknown)}")
+        if values:
+            self.conn.execute(
+                update(_subscriptions_t).where(_subscriptions_t.c.id == subscription_id).values(**values)
+            )
+
+    def add_subscription_changes(self, changes: Sequence[SubscriptionChange]) -> None:
+        if changes:
+            self.conn.execute(
+                SubscriptionEventRow.__table__.insert(),
+                [
+                    {
+                        "subscription_id": c.subscription_id,
+                        "customer_id": c.customer_id,
+                        "at": c.at,
+                        "kind": c.kind.value,
+                        "reason": c.reason,
+                        "data": dict(c.data),
+                    }
+                    for c in changes
+                ],
+            )
+
+    def subscription_changes_after(
+        self, event_id: int, *, limit: int
+    ) -> list[tuple[int, SubscriptionChange]]:
+        t = SubscriptionEventRow.__table__
+        rows = self.conn.execute(select(t).where(t.c.id > event_id).order_by(t.c.id).limit(limit))
+        return [
+            (
+                r.id,
+                SubscriptionChange(
+                    r.subscription_id, r.customer_id, r.at, ChangeKind(r.kind), r.reason, r.data or {}
+                ),
+            )
+            for r in rows
+        ]
+
+    def unpaid_case(self, subscription_id: str) -> DunningCase | None:
+        """The subscription's latest case whose final action left its invoice unpaid."""
+        row = self.conn.execute(
+            select(cases_t)
+            .join(_invoices_t, _invoices_t.c.id == cases_t.c.invoice_id)
+            .where(
+                cases_t.c.subscription_id == subscription_id,
+                cases_t.c.status == CaseStatus.FINAL_ACTION_DONE.value,
+                _invoices_t.c.status == InvoiceStatus.UNCOLLECTIBLE.value,
+            )
+            .order_by(cases_t.c.opened_at.desc())
+            .limit(1)
+        ).first()
+        return _case_from_row(row) if row else None
+
+    def default_payment_method(self, customer_id: str) -> PaymentMethod | None:
+        row = self.conn.execute(
+            select(methods_t).where(methods_t.c.customer_id == customer_id, methods_t.c.is_default).limit(1)
+        ).first()
+        return _method_from_row(row) if row else None
+
+    def add_exit_survey(
+        self,
+        *,
+        customer_id: str | None,
+        subscription_id: str | None,
+        plan_id: str | None,
+        reason: str,
+        comment: str,
+        locale: str,
+        offer: str | None,
+        outcome: str,
+        at: datetime,
+    ) -> None:
+        self.conn.execute(
+            ExitSurveyRow.__table__.insert().values(
+                customer_id=customer_id,
+                subscription_id=subscription_id,
+                plan_id=plan_id,
+                reason=reason,
+                comment=comment,
+                locale=locale,
+                offer=offer,
+                outcome=outcome,
+                created_at=at,
+            )
+        )
 
     def claim_due(
         self,

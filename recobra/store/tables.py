@@ -73,6 +73,12 @@ class SubscriptionRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime]
     renews_at: Mapped[datetime | None]
+    # Set by the customer's own changes (hosted pages) and cleared on reactivation.
+    canceled_at: Mapped[datetime | None]
+    paused_until: Mapped[datetime | None]
+    discount_percent: Mapped[int | None]
+    # Invoices the discount still applies to (the operator's billing counts them down).
+    discount_cycles: Mapped[int | None]
 
 
 class PaymentMethodRow(Base):
@@ -281,6 +287,21 @@ class ExitSurveyRow(Base):
     offer: Mapped[str | None] = mapped_column(String(32))
     outcome: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SubscriptionEventRow(Base):
+    """What happened to a subscription outside any dunning case (canceled, paused,
+    discounted, plan changed, reactivated from the hosted pages): the operator's
+    billing acts on these, so the relay streams them to its webhook like case events."""
+
+    __tablename__ = "subscription_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[str] = mapped_column(String(128), index=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None]
 
 
 class PolicyVersionRow(Base):

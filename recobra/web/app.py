@@ -34,7 +34,7 @@ def create_app(services: Services) -> FastAPI:
 
 def _routers() -> list[Callable[[FastAPI], None]]:
     """Each concern's ``include(app)``."""
-    from recobra.web import api, customer, deliveries, health, hosted, providers  # noqa: PLC0415
+    from recobra.web import api, customer, deliveries, health, hosted, leaving, providers  # noqa: PLC0415
 
     return [
         health.include,
@@ -43,4 +43,5 @@ def _routers() -> list[Callable[[FastAPI], None]]:
         deliveries.include,
         providers.include,
         hosted.include,
+        leaving.include,
     ]

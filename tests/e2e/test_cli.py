@@ -70,6 +70,13 @@ def test_policy_check_accepts_the_default_and_names_bad_fields(tmp_path: Path) -
     assert result.returncode == 1
     assert "policies.standard.final_action" in result.stderr
     assert "policies.standard.steps[1].after" in result.stderr or "steps" in result.stderr
+    offers = tmp_path / "offers.toml"
+    offers.write_text(default.read_text().replace('months = 2 }', 'months = 5 }')
+                      .replace('percent = 25, cycles = 3', 'percent = 25'))
+    result = run("policy", "check", str(offers))
+    assert result.returncode == 1
+    assert "save_offers.not_using.months: a pause lasts 1 to 3 months, got 5" in result.stderr
+    assert "save_offers.too_expensive: a discount offer needs 'cycles'" in result.stderr
     missing = run("policy", "check", str(tmp_path / "nope.toml"))
     assert missing.returncode == 1
     assert "cannot read" in missing.stderr

@@ -530,7 +530,9 @@ def test_a_cancellation_is_confirmed_and_nothing_else_is_sent_afterwards(world: 
     found = links(plain)
     assert "update_payment" not in found
     signer = LinkSigner(LINK_SECRET, BASE_URL)
-    assert signer.verify("reactivate", found["reactivate"], now=at).subject == "cus_1"
+    assert signer.verify("reactivate", found["reactivate"], now=at).subject == "sub_1"
+    # Canceled elsewhere (not on the hosted page): the email asks for the exit survey.
+    assert signer.verify("cancel", found["cancel"], now=at).subject == "sub_1"
     # Later: reminders are canceled, the win-back (no opt-in) is skipped; no email.
     for due in (T0 + 2 * DAY, T0 + 5 * DAY, FINAL_AT - 2 * DAY, at + 30 * DAY):
         world.dispatch(due)

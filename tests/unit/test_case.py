@@ -22,7 +22,8 @@ from recobra.domain.errors import DomainError, IllegalTransition
 from recobra.domain.money import Money
 
 T0 = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
-TERMINAL = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
+# Closed statuses; final_action_done alone may be reopened (the customer comes back).
+TERMINAL = frozenset(CaseStatus) - ACTIVE_STATUSES
 
 LEGAL = sorted((a, b) for a, targets in TRANSITIONS.items() for b in targets)
 ILLEGAL = sorted((a, b) for a in CaseStatus for b in CaseStatus if b not in TRANSITIONS[a])
@@ -170,7 +171,7 @@ def test_illegal_transition_raises_and_changes_nothing(source: CaseStatus, targe
 
 
 def test_terminal_cases_cannot_move_at_all() -> None:
-    for status in TERMINAL:
+    for status in TERMINAL - {CaseStatus.FINAL_ACTION_DONE}:
         for target in CaseStatus:
             case = make_case(status)
             with pytest.raises(IllegalTransition):
@@ -234,3 +235,17 @@ def test_case_rejects_naive_opened_at() -> None:
 def test_category_comes_from_the_last_decline() -> None:
     assert make_case().category is DeclineCategory.INSUFFICIENT_FUNDS
     assert make_case(last_decline=classify("lost_card")).category is DeclineCategory.HARD
+
+
+def test_a_final_action_done_case_reopens_only_as_exhausted_when_the_customer_comes_back() -> None:
+    for target in CaseStatus:
+        if target is CaseStatus.EXHAUSTED:
+            continue
+        with pytest.raises(IllegalTransition):
+            make_case(CaseStatus.FINAL_ACTION_DONE).transition_to(target, at=T0, reason="x")
+    case = make_case(CaseStatus.EXHAUSTED)
+    case.transition_to(CaseStatus.FINAL_ACTION_DONE, at=T0, reason="cancel went through")
+    assert case.closed_at == T0
+    case.transition_to(CaseStatus.EXHAUSTED, at=T0 + timedelta(days=5), reason="the customer came back")
+    assert case.is_active
+    assert case.closed_at is None

@@ -1,0 +1,188 @@
+"""The words of the cancel and reactivate pages, in Spanish and English. Merged over
+the hosted pages' common words (the language switch, link problems)."""
+
+from __future__ import annotations
+
+from recobra.web.hosted_text import TEXT as HOSTED
+
+_LEAVING: dict[str, dict[str, str]] = {
+    "en": {
+        "cancel_title": "Cancel your subscription",
+        "cancel_intro": "You are about to cancel {plan} ({price}). Before you go, would you tell us why?",
+        "survey_title": "Help us improve",
+        "survey_intro": "Your {plan} subscription is canceled. If you have a minute, tell us why you left: "
+        "it helps us do better.",
+        "reason_legend": "Why are you leaving?",
+        "reason_too_expensive": "It is too expensive",
+        "reason_not_using": "I am not using it enough",
+        "reason_missing_feature": "It is missing something I need",
+        "reason_switching": "I am switching to another product",
+        "reason_technical_problems": "It did not work well for me (technical problems)",
+        "reason_temporary": "I only need a break",
+        "reason_other": "Something else",
+        "comment": "Anything you would like to add? (optional)",
+        "comment_other": "Tell us more (required for \u201csomething else\u201d)",
+        "anonymous": "Answer anonymously (your answer is not linked to your account)",
+        "continue": "Continue",
+        "send_survey": "Send",
+        "keep": "Keep my subscription",
+        "err_reason": "Choose the reason that fits best.",
+        "err_comment_other": "Tell us the reason in a few words, since you chose \u201csomething else\u201d.",
+        "err_comment_long": "Keep the comment under 2,000 characters.",
+        "err_decision": "Choose one of the two buttons.",
+        "offer_title": "Before you go: an offer for you",
+        "offer_pause": "Take a break instead: we pause your subscription for {months} and charge nothing "
+        "until {date}. Everything stays as you left it.",
+        "offer_discount": "Stay for less: {percent}% off your next {cycles}.",
+        "offer_downgrade": "Switch to {plan} for {price} instead of {current}, and keep your account.",
+        "accept_pause": "Pause my subscription",
+        "accept_discount": "Keep my subscription with the discount",
+        "accept_downgrade": "Switch to {plan}",
+        "decline": "No thanks, cancel my subscription",
+        "confirm_title": "Cancel your subscription?",
+        "confirm_intro": "Thank you for telling us. Canceling ends {plan} at once: nothing more will be "
+        "charged.",
+        "confirm_button": "Cancel my subscription",
+        "canceled_title": "Your subscription has been canceled",
+        "canceled_sorry": "We are sorry to see you go, and thank you for giving {company} a chance.",
+        "canceled_no_charges_h": "You won't be charged again.",
+        "canceled_no_charges": "There are no further payments on this subscription. Charges made before "
+        "today stay as they were.",
+        "canceled_no_emails_h": "We'll leave you in peace.",
+        "canceled_no_emails": "You won't get any more emails from us about this subscription, apart from "
+        "one that confirms this cancellation.",
+        "canceled_data_h": "What happens to your data",
+        "canceled_data": "We keep your account data until {date}, in case you change your mind. After "
+        "that date it is deleted for good. For a copy before then, write to {support}.",
+        "canceled_back_h": "Changed your mind?",
+        "canceled_back": "You can come back at any time with one click:",
+        "reactivate_button": "Reactivate my subscription",
+        "canceled_thanks": "Thanks again for being our customer. We'll be here if you ever want to come "
+        "back.",
+        "saved_title": "Thank you for staying",
+        "saved_pause": "Your subscription is paused until {date}. Nothing is charged until then, and "
+        "everything stays as you left it.",
+        "saved_discount": "Done: {percent}% off your next {cycles}.",
+        "saved_downgrade": "Done: you are now on {plan} at {price}.",
+        "saved_email": "We have noted the change; nothing else for you to do.",
+        "surveyed_title": "Thank you",
+        "surveyed": "Your answer helps us do better. We'll be here if you ever want to come back.",
+        "months_1": "1 month",
+        "months_n": "{n} months",
+        "invoices_1": "invoice",
+        "invoices_n": "{n} invoices",
+        "gateway_title": "We could not do that just now",
+        "gateway": "Nothing has changed. Please try again in a few minutes, or write to {support}.",
+        "not_cancelable_title": "Nothing to cancel",
+        "not_cancelable": "This subscription is not active, so there is nothing to cancel.",
+        "reactivate_title": "Welcome back",
+        "reactivate_intro": "Reactivate {plan} ({price}) in one step.",
+        "reactivate_owed": "{amount} is still owed from before. We will charge it now to your {brand} "
+        "ending in {last4}.",
+        "reactivate_paused": "Your subscription is paused until {date}. Reactivating starts it again now.",
+        "reactivated_title": "Welcome back!",
+        "reactivated": "Your {plan} subscription is active again.",
+        "reactivated_paid": "We collected {amount}. Your {plan} subscription is active again.",
+        "reactivate_declined_title": "The payment did not go through",
+        "reactivate_declined": "Your card was declined, so your subscription has not been reactivated yet. "
+        "Update your payment method and it comes back as soon as the payment succeeds.",
+        "update_payment": "Update my payment method",
+        "already_active_title": "Your subscription is already active",
+        "already_active": "There is nothing to reactivate. Thank you for being with us.",
+        "used_status_canceled": "Your subscription is canceled.",
+        "used_status_paused": "Your subscription is paused.",
+        "used_status_active": "Your subscription is active.",
+    },
+    "es": {
+        "cancel_title": "Cancela tu suscripción",
+        "cancel_intro": "Vas a cancelar {plan} ({price}). Antes de irte, ¿nos cuentas por qué?",
+        "survey_title": "Ayúdanos a mejorar",
+        "survey_intro": "Tu suscripción a {plan} está cancelada. Si tienes un minuto, cuéntanos por qué te "
+        "fuiste: nos ayuda a mejorar.",
+        "reason_legend": "¿Por qué te vas?",
+        "reason_too_expensive": "Es demasiado caro",
+        "reason_not_using": "No lo uso lo suficiente",
+        "reason_missing_feature": "Le falta algo que necesito",
+        "reason_switching": "Me cambio a otro producto",
+        "reason_technical_problems": "No me funcionó bien (problemas técnicos)",
+        "reason_temporary": "Solo necesito un descanso",
+        "reason_other": "Otro motivo",
+        "comment": "¿Quieres agregar algo? (opcional)",
+        "comment_other": "Cuéntanos más (obligatorio si eliges \u201cotro motivo\u201d)",
+        "anonymous": "Responder de forma anónima (tu respuesta no queda ligada a tu cuenta)",
+        "continue": "Continuar",
+        "send_survey": "Enviar",
+        "keep": "Mantener mi suscripción",
+        "err_reason": "Elige el motivo que mejor te describe.",
+        "err_comment_other": "Cuéntanos el motivo en pocas palabras, ya que elegiste "
+        "\u201cotro motivo\u201d.",
+        "err_comment_long": "El comentario debe tener menos de 2.000 caracteres.",
+        "err_decision": "Elige uno de los dos botones.",
+        "offer_title": "Antes de irte: una oferta para ti",
+        "offer_pause": "Tómate un descanso: pausamos tu suscripción {months} y no cobramos nada hasta el "
+        "{date}. Todo queda como lo dejaste.",
+        "offer_discount": "Quédate por menos: {percent}% de descuento en tus próximas {cycles}.",
+        "offer_downgrade": "Cámbiate a {plan} por {price} en vez de {current} y conserva tu cuenta.",
+        "accept_pause": "Pausar mi suscripción",
+        "accept_discount": "Mantener mi suscripción con el descuento",
+        "accept_downgrade": "Cambiarme a {plan}",
+        "decline": "No, gracias: cancelar mi suscripción",
+        "confirm_title": "¿Cancelar tu suscripción?",
+        "confirm_intro": "Gracias por contarnos. Al cancelar, {plan} termina de inmediato: no se cobrará "
+        "nada más.",
+        "confirm_button": "Cancelar mi suscripción",
+        "canceled_title": "Tu suscripción ha sido cancelada",
+        "canceled_sorry": "Lamentamos verte partir y te agradecemos que le dieras una oportunidad "
+        "a {company}.",
+        "canceled_no_charges_h": "No se te cobrará nada más.",
+        "canceled_no_charges": "No hay más pagos en esta suscripción. Los cobros anteriores a hoy quedan "
+        "como estaban.",
+        "canceled_no_emails_h": "Te dejaremos en paz.",
+        "canceled_no_emails": "No recibirás más correos nuestros sobre esta suscripción, salvo uno que "
+        "confirma esta cancelación.",
+        "canceled_data_h": "Qué pasa con tus datos",
+        "canceled_data": "Guardamos los datos de tu cuenta hasta el {date}, por si cambias de opinión. "
+        "Después de esa fecha se borran definitivamente. Si quieres una copia antes, escríbenos a {support}.",
+        "canceled_back_h": "¿Cambiaste de opinión?",
+        "canceled_back": "Puedes volver cuando quieras con un clic:",
+        "reactivate_button": "Reactivar mi suscripción",
+        "canceled_thanks": "Gracias de nuevo por ser nuestro cliente. Aquí estaremos si algún día quieres "
+        "volver.",
+        "saved_title": "Gracias por quedarte",
+        "saved_pause": "Tu suscripción queda en pausa hasta el {date}. No se cobra nada hasta entonces y "
+        "todo queda como lo dejaste.",
+        "saved_discount": "Listo: {percent}% de descuento en tus próximas {cycles}.",
+        "saved_downgrade": "Listo: ahora tienes {plan} por {price}.",
+        "saved_email": "Registramos el cambio; no tienes que hacer nada más.",
+        "surveyed_title": "Gracias",
+        "surveyed": "Tu respuesta nos ayuda a mejorar. Aquí estaremos si algún día quieres volver.",
+        "months_1": "1 mes",
+        "months_n": "{n} meses",
+        "invoices_1": "factura",
+        "invoices_n": "{n} facturas",
+        "gateway_title": "No pudimos hacerlo en este momento",
+        "gateway": "No cambió nada. Inténtalo de nuevo en unos minutos o escríbenos a {support}.",
+        "not_cancelable_title": "No hay nada que cancelar",
+        "not_cancelable": "Esta suscripción no está activa, así que no hay nada que cancelar.",
+        "reactivate_title": "Qué bueno verte de nuevo",
+        "reactivate_intro": "Reactiva {plan} ({price}) en un solo paso.",
+        "reactivate_owed": "Quedan {amount} pendientes de antes. Los cobraremos ahora a tu {brand} "
+        "terminada en {last4}.",
+        "reactivate_paused": "Tu suscripción está en pausa hasta el {date}. Al reactivarla vuelve a "
+        "empezar ahora.",
+        "reactivated_title": "¡Bienvenido de nuevo!",
+        "reactivated": "Tu suscripción a {plan} está activa otra vez.",
+        "reactivated_paid": "Cobramos {amount}. Tu suscripción a {plan} está activa otra vez.",
+        "reactivate_declined_title": "El pago no se completó",
+        "reactivate_declined": "Tu tarjeta fue rechazada, así que tu suscripción aún no se reactivó. "
+        "Actualiza tu método de pago y volverá en cuanto el pago se complete.",
+        "update_payment": "Actualizar mi método de pago",
+        "already_active_title": "Tu suscripción ya está activa",
+        "already_active": "No hay nada que reactivar. Gracias por estar con nosotros.",
+        "used_status_canceled": "Tu suscripción está cancelada.",
+        "used_status_paused": "Tu suscripción está en pausa.",
+        "used_status_active": "Tu suscripción está activa.",
+    },
+}
+
+TEXT: dict[str, dict[str, str]] = {lang: {**HOSTED[lang], **words} for lang, words in _LEAVING.items()}
