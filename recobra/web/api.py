@@ -636,9 +636,13 @@ def get_customer(
 
 def include(app: FastAPI) -> None:
     """Add the ``/api/v1`` routes to ``app``."""
+    from recobra.web import api_policies, api_resources  # noqa: PLC0415 - they import this module
+
     auth.install(app)
     _document_events(app)
     app.include_router(router)
+    app.include_router(api_resources.router)
+    app.include_router(api_policies.router)
 
 
 __all__ = ["PREFIX", "include"]
