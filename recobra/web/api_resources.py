@@ -299,7 +299,7 @@ def list_subscriptions(
         stmt = stmt.where(after_desc(SubscriptionRow.started_at, SubscriptionRow.id, position))
     stmt = stmt.order_by(SubscriptionRow.started_at.desc(), SubscriptionRow.id.desc()).limit(limit + 1)
     with Session(services.store.engine) as session:
-        rows, more = _page_slice(list(session.execute(stmt).tuples()), limit)
+        rows, more = _page_slice(list(session.execute(stmt)), limit)
     last = rows[-1][0] if rows else None
     return SubscriptionPage(
         data=[_subscription(sub, plan) for sub, plan in rows],
@@ -319,7 +319,7 @@ def get_subscription(subscription_id: Id, services: ServicesDep) -> Subscription
         .where(SubscriptionRow.id == subscription_id)
     )
     with Session(services.store.engine) as session:
-        row = session.execute(stmt).tuples().first()
+        row = session.execute(stmt).first()
     if row is None:
         raise Problem(404, "Not found", f"no subscription {subscription_id!r}")
     return _subscription(*row)
@@ -352,7 +352,7 @@ def list_invoices(
         stmt = stmt.where(after_desc(InvoiceRow.created_at, InvoiceRow.id, position))
     stmt = stmt.order_by(InvoiceRow.created_at.desc(), InvoiceRow.id.desc()).limit(limit + 1)
     with Session(services.store.engine) as session:
-        rows, more = _page_slice(list(session.execute(stmt).tuples()), limit)
+        rows, more = _page_slice(list(session.execute(stmt)), limit)
     last = rows[-1][0] if rows else None
     return InvoicePage(
         data=[_invoice(inv, case_id) for inv, case_id in rows],
@@ -367,7 +367,7 @@ def list_invoices(
 )
 def get_invoice(invoice_id: Id, services: ServicesDep) -> InvoiceOut:
     with Session(services.store.engine) as session:
-        row = session.execute(_invoices().where(InvoiceRow.id == invoice_id)).tuples().first()
+        row = session.execute(_invoices().where(InvoiceRow.id == invoice_id)).first()
     if row is None:
         raise Problem(404, "Not found", f"no invoice {invoice_id!r}")
     return _invoice(*row)
@@ -434,7 +434,7 @@ def list_attempts(
         stmt = stmt.where(after_desc(AttemptRow.at, AttemptRow.id, position))
     stmt = stmt.order_by(AttemptRow.at.desc(), AttemptRow.id.desc()).limit(limit + 1)
     with Session(services.store.engine) as session:
-        rows, more = _page_slice(list(session.execute(stmt).tuples()), limit)
+        rows, more = _page_slice(list(session.execute(stmt)), limit)
     last = rows[-1][0] if rows else None
     return AttemptPage(
         data=[_attempt_detail(a, c) for a, c in rows],
@@ -457,7 +457,7 @@ def get_attempt(
         .where(AttemptRow.id == attempt_id)
     )
     with Session(services.store.engine) as session:
-        row = session.execute(stmt).tuples().first()
+        row = session.execute(stmt).first()
     if row is None:
         raise Problem(404, "Not found", f"no attempt {attempt_id}")
     return _attempt_detail(*row)
