@@ -254,7 +254,8 @@ def test_a_cursor_of_one_list_is_refused_by_another(api: Api) -> None:
     business(api, 3)
     customers = api.get("/api/v1/customers", limit=1).json()
     invoices = api.get("/api/v1/invoices", limit=1).json()
-    assert customers["next_cursor"] and invoices["next_cursor"]
+    assert customers["next_cursor"]
+    assert invoices["next_cursor"]
     body = assert_problem(api.get("/api/v1/payment-methods", cursor=customers["next_cursor"]), 422)
     assert [e["field"] for e in body["errors"]] == ["cursor"]
     assert_problem(api.get("/api/v1/subscriptions", cursor=invoices["next_cursor"]), 422)
