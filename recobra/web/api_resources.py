@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -176,9 +176,12 @@ def decode_cursor(kind: str, cursor: str, shape: Sequence[type]) -> list[Any]:
                 raise bad_cursor() from None
             if at.tzinfo is None:
                 raise bad_cursor()
-            values.append(at)
+            try:
+                values.append(at.astimezone(UTC))
+            except OverflowError:  # year 1 or 9999 with an offset
+                raise bad_cursor() from None
         elif expected is int:
-            if not isinstance(value, int) or isinstance(value, bool):
+            if not isinstance(value, int) or isinstance(value, bool) or abs(value) >= 2**63:
                 raise bad_cursor()
             values.append(value)
         else:
@@ -428,6 +431,15 @@ def list_attempts(
     if status is not None:
         stmt = stmt.where(AttemptRow.status == status.value)
     if since is not None:
+        try:
+            since = since.astimezone(UTC)
+        except OverflowError:
+            raise Problem(
+                422,
+                "Invalid request",
+                "some fields are invalid",
+                errors=[{"field": "since", "reason": "out of range"}],
+            ) from None
         stmt = stmt.where(AttemptRow.at >= since)
     if cursor:
         position = decode_cursor("attempts", cursor, [datetime, int])
