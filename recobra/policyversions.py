@@ -147,6 +147,8 @@ class PolicyLibrary:
         every problem, and then nothing is stored. Returns the version and whether it
         was stored now."""
         comment = comment.strip()
+        if "\x00" in comment:
+            raise ValueError("comment: must not contain NUL characters")
         if len(comment) > MAX_COMMENT:
             raise ValueError(f"comment: at most {MAX_COMMENT} characters, got {len(comment)}")
         loaded = self.check(text, source)

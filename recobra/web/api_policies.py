@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from recobra.domain.case import FinalAction
 from recobra.domain.policy import PolicySet, Strategy, format_duration
@@ -32,6 +32,8 @@ from recobra.web.api import (
     UNAUTHORIZED,
     KeyDep,
     ServicesDep,
+    no_nul,
+    no_nul_characters,
 )
 from recobra.web.api_resources import decode_cursor, encode_cursor
 from recobra.web.auth import require_api_key
@@ -116,7 +118,9 @@ class PolicySourceIn(BaseModel):
 
 class PolicyCreateIn(PolicySourceIn):
     comment: Annotated[
-        StrictStr, Field(max_length=MAX_COMMENT, description="why this version (kept in the history)")
+        StrictStr,
+        AfterValidator(no_nul),
+        Field(max_length=MAX_COMMENT, description="why this version (kept in the history)"),
     ] = ""
     activate: StrictBool = Field(default=False, description="also make it the active version")
 
@@ -203,7 +207,10 @@ def _library(services: Any) -> PolicyLibrary:
 # --------------------------------------------------------------------------- routes
 
 router = APIRouter(
-    prefix=PREFIX, tags=["policies"], dependencies=[Depends(require_api_key)], responses=UNAUTHORIZED
+    prefix=PREFIX,
+    tags=["policies"],
+    dependencies=[Depends(require_api_key), Depends(no_nul_characters)],
+    responses=UNAUTHORIZED,
 )
 VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="a stored version's number")]
 

@@ -46,6 +46,7 @@ from recobra.web.api import (
     ServicesDep,
     SubscriptionOut,
     _attempt,
+    no_nul_characters,
 )
 from recobra.web.auth import require_api_key
 from recobra.web.problems import Problem
@@ -245,7 +246,10 @@ def _attempt_detail(row: AttemptRow, case: CaseRow) -> AttemptDetail:
 # --------------------------------------------------------------------------- routes
 
 router = APIRouter(
-    prefix=PREFIX, tags=["api"], dependencies=[Depends(require_api_key)], responses=UNAUTHORIZED
+    prefix=PREFIX,
+    tags=["api"],
+    dependencies=[Depends(require_api_key), Depends(no_nul_characters)],
+    responses=UNAUTHORIZED,
 )
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="items per page")]

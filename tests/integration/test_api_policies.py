@@ -195,6 +195,10 @@ def test_an_invalid_file_stores_nothing(api: Api) -> None:
     assert api.db.count("policy_versions") == 0
     assert_problem(api.post("/api/v1/policies", {"source": V2, "activate": "yes"}), 422)
     assert_problem(api.post("/api/v1/policies", {"source": V2, "comment": "x" * 2001}), 422)
+    nul = assert_problem(api.post("/api/v1/policies", {"source": V2, "comment": "a\x00b"}), 422)
+    assert [e["field"] for e in nul["errors"]] == ["comment"]
+    in_file = assert_problem(api.post("/api/v1/policies", {"source": V2 + "# \x00\n"}), 422)
+    assert [e["field"] for e in in_file["errors"]] == ["(file)"]
     assert api.db.count("policy_versions") == 0
 
 

@@ -285,3 +285,27 @@ def test_no_or_revoked_key_is_refused(api: Api, url: str) -> None:
     assert_problem(api.client.get(url, headers={"Authorization": "Bearer rk_live_nope"}), 401)
     revoke_key(api.services.store.engine, api.key_id, api.now)
     assert_problem(api.get(url), 401)
+
+
+@pytest.mark.parametrize(
+    ("url", "field"),
+    [
+        ("/api/v1/subscriptions/sub%00x", "subscription_id"),
+        ("/api/v1/invoices/in%00x", "invoice_id"),
+        ("/api/v1/payment-methods/pm%00x", "payment_method_id"),
+        ("/api/v1/cases/case%00x", "case_id"),
+        ("/api/v1/customers?email=a%00b", "email"),
+        ("/api/v1/invoices?customer_id=cus%00x", "customer_id"),
+        ("/api/v1/attempts?case_id=case%00x", "case_id"),
+    ],
+)
+def test_nul_characters_are_refused_naming_the_field(api: Api, url: str, field: str) -> None:
+    body = assert_problem(api.client.get(url, headers=api.auth), 422)
+    assert [e["field"] for e in body["errors"]] == [field]
+
+
+def test_a_write_off_reason_with_a_nul_character_is_refused(api: Api) -> None:
+    business(api, 1)
+    body = assert_problem(api.post("/api/v1/cases/case_in_00/write-off", {"reason": "a\x00b"}), 422)
+    assert [e["field"] for e in body["errors"]] == ["reason"]
+    assert api.db.case("case_in_00")["status"] == "open"
