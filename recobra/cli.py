@@ -171,16 +171,18 @@ def policy_history(
         )
         return
     t = Table()
-    for col in ("version", "active", "activated (UTC)", "created (UTC)", "by", "sha256", "comment"):
-        t.add_column(col)
+    for col in ("version", "active", "activated (UTC)", "created (UTC)", "sha256"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("by")
+    t.add_column("comment")
     for r in rows:
         t.add_row(
             str(r.version),
             "active" if r.active else "",
             f"{r.activated_at:%Y-%m-%d %H:%M:%S}" if r.activated_at else "never",
             f"{r.created_at:%Y-%m-%d %H:%M:%S}",
-            r.created_by,
             r.sha256[:12],
+            r.created_by,
             r.comment,
         )
     console.print(t)
@@ -238,7 +240,8 @@ def _user() -> str:
 
 @policy_app.command("show")
 def policy_show(config: ConfigOpt = None, policy: PolicyOpt = None) -> None:
-    """Show the policy in effect (the configured file, or the shipped default)."""
+    """Show the configured policy file (or the shipped default); once versions are
+    stored in the database, the active one is in effect instead (`recobra policy history`)."""
     settings = _settings(config, policy=policy)
     try:
         loaded = load_policies(settings)

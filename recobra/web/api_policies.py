@@ -39,6 +39,7 @@ from recobra.web.api_resources import decode_cursor, encode_cursor
 from recobra.web.auth import require_api_key
 from recobra.web.health import problem_doc
 from recobra.web.problems import Problem
+from recobra.web.services import Services
 
 # --------------------------------------------------------------------------- models
 
@@ -199,9 +200,8 @@ def _invalid_policy(exc: PolicyError, detail: str) -> Problem:
     return Problem(422, "Invalid policy", detail, errors=[{"field": f, "reason": r} for f, r in exc.problems])
 
 
-def _library(services: Any) -> PolicyLibrary:
-    library: PolicyLibrary = services.policies()
-    return library
+def _library(services: Services) -> PolicyLibrary:
+    return services.policies()
 
 
 # --------------------------------------------------------------------------- routes
