@@ -4,6 +4,7 @@ the history, activating, and what the engines do with an activated version."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -354,3 +355,31 @@ def test_engines_check_the_active_version_at_most_every_max_age(store: SqlStore)
     assert library.version(1) is not None
     assert library.version(1).name == "integration"  # type: ignore[union-attr]
     assert library.version(99) is None
+
+
+def test_versions_stored_at_once_get_distinct_numbers(store_factory: Any) -> None:
+    texts = [TEST_POLICY.replace("grace_days = 2", f"grace_days = {d}") for d in range(3, 9)]
+    libraries = [library_on(store_factory()) for _ in texts]
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def store_one(library: PolicyLibrary, text: str) -> None:
+        try:
+            checked, created = library.store(text, T0, created_by="thread", activate=True)
+            assert created
+            results.append(checked.version.version)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=store_one, args=pair) for pair in zip(libraries, texts, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert sorted(results) == [2, 3, 4, 5, 6, 7]
+    active = libraries[0].current()[0]
+    assert active is not None
+    assert active.version == max(results)  # each stored and activated under one lock
+    stamps = [v.activated_at for v in libraries[0].history(limit=10)]
+    assert len(set(stamps)) == len(stamps)
