@@ -188,11 +188,6 @@ class PolicyLibrary:
     def history(self, *, limit: int, before: int | None = None) -> list[PolicyVersion]:
         return versions.list_versions(self.engine, limit=limit, before=before)
 
-    def current(self) -> tuple[PolicyVersion | None, LoadedPolicy]:
-        """The active stored version (None when nothing is stored: the configured file
-        is in force) and its policy."""
-        row = versions.active_version(self.engine)
-        if row is None:
-            return None, self.fallback
-        loaded = parse_policy(row.source, f"policy version {row.version}")
-        return row, replace(loaded, policies=replace(loaded.policies, version=row.version))
+    def current(self) -> PolicyVersion | None:
+        """The active stored version; None when nothing is stored (``fallback`` is in force)."""
+        return versions.active_version(self.engine)

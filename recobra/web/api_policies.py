@@ -239,9 +239,10 @@ def list_policies(
 )
 def get_active_policy(services: ServicesDep) -> PolicyVersionDetail:
     library = _library(services)
-    row, loaded = library.current()
+    row = library.current()
     if row is not None:
         return _version_detail(row)
+    loaded = library.fallback
     summary = _summary(loaded.policies, loaded.checksum)
     return PolicyVersionDetail(
         version=loaded.policies.version,

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import T0, TEST_POLICY, Db
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from test_api import Api, assert_problem, failed, make_services
 from typer.testing import CliRunner
 
@@ -378,8 +379,29 @@ def test_versions_stored_at_once_get_distinct_numbers(store_factory: Any) -> Non
         t.join(timeout=60)
     assert errors == []
     assert sorted(results) == [2, 3, 4, 5, 6, 7]
-    active = libraries[0].current()[0]
+    active = libraries[0].current()
     assert active is not None
     assert active.version == max(results)  # each stored and activated under one lock
     stamps = [v.activated_at for v in libraries[0].history(limit=10)]
     assert len(set(stamps)) == len(stamps)
+
+
+def test_a_stored_file_this_version_no_longer_accepts_is_shown_but_never_activated(api: Api) -> None:
+    assert api.post("/api/v1/policies", {"source": V2}).status_code == 201
+    with api.db.store.engine.begin() as conn:  # as if a later Recobra dropped a key it used
+        conn.execute(text("UPDATE policy_versions SET source = 'name = 3' WHERE version IN (1, 2)"))
+
+    refused = assert_problem(api.post("/api/v1/policies/2/activate"), 422)
+
+    assert refused["errors"]
+    assert "nothing was activated" in refused["detail"]
+    shown = api.get("/api/v1/policies/2").json()
+    assert shown["summary"] is None
+    assert shown["name"] is None
+    active = api.get("/api/v1/policies/active")
+    assert active.status_code == 200, active.text
+    assert active.json()["version"] == 1
+    assert active.json()["summary"] is None
+    # Engines carry on with the configured policy rather than stop.
+    assert api.post("/api/v1/events", [failed("after")]).status_code == 200
+    assert api.db.case("case_in_after")["policy_version"] == 1
