@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import T0, TEST_POLICY, Db
+from conftest import T0, TEST_POLICY, Commands, Db
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from test_api import Api, assert_problem, failed, make_services
@@ -22,6 +22,9 @@ from recobra.cli import app as cli
 from recobra.domain.schedule import NoHolidays
 from recobra.engine.service import Engine
 from recobra.gateways.simulated import SimulatedGateway
+from recobra.messages.composer import Sender, TemplateComposer
+from recobra.messages.links import LinkSigner
+from recobra.messages.render import Renderer
 from recobra.policyfile import PolicyError, parse_policy
 from recobra.policyversions import PolicyLibrary
 from recobra.store.keys import create_key
@@ -405,3 +408,27 @@ def test_a_stored_file_this_version_no_longer_accepts_is_shown_but_never_activat
     # Engines carry on with the configured policy rather than stop.
     assert api.post("/api/v1/events", [failed("after")]).status_code == 200
     assert api.db.case("case_in_after")["policy_version"] == 1
+
+
+def test_messages_of_an_open_case_follow_its_version_and_the_active_benefits(
+    store: SqlStore, gateway: SimulatedGateway, db: Db
+) -> None:
+    step = '{ action = "message", kind = "final_notice", channels = ["email"], before_final = "1d" }'
+    v1 = TEST_POLICY.replace('{ after = "6d" }]', '{ after = "6d" }, ' + step + "]")
+    v2 = v1.replace("grace_days = 2", "grace_days = 5") + '\n[benefits]\n"*" = { en = ["Reports"] }\n'
+    library = PolicyLibrary(store.engine, parse_policy(v1, "<v1>"), max_age=0.0)
+    engine = engine_on(store, gateway, library, "engine")
+    engine.handle(Commands().payment_failed("1"))
+    library.store(v2, T0, created_by="test", activate=True)
+    (message,) = db.rows("messages", kind="final_notice")
+    composer = TemplateComposer(
+        Renderer(), LinkSigner("x" * 40, "https://pay.example.com"), library.active(),
+        Sender("Acme", "help@example.com"), source=library,
+    )
+    with store.unit_of_work() as uow:
+        (bundle,) = uow.load_messages([message["id"]], T0)
+
+    context = composer.context(bundle, T0)
+
+    assert context.final_action_at == T0 + timedelta(days=10 + 2)  # v1: 10-day window, 2 days' grace
+    assert context.benefits == ("Reports",)  # what the customer would lose: the active version's words
