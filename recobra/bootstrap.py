@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect
 
@@ -15,10 +16,13 @@ from recobra.engine.relay import EventRelay
 from recobra.engine.service import Engine
 from recobra.gateways.loader import load_gateway
 from recobra.policyfile import LoadedPolicy, load_default_policy, load_policy_file
-from recobra.ports import Channel, PaymentGateway
+from recobra.ports import Channel, PaymentGateway, PolicySource
 from recobra.settings import Settings, SettingsError, resolve_secrets
 from recobra.store.migrate import current_revision, head_revision
 from recobra.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from recobra.policyversions import PolicyLibrary
 
 
 class NotInitialised(RuntimeError):
@@ -27,6 +31,15 @@ class NotInitialised(RuntimeError):
 
 def load_policies(settings: Settings) -> LoadedPolicy:
     return load_policy_file(settings.policy_file) if settings.policy_file else load_default_policy()
+
+
+def build_policy_library(settings: Settings, store: SqlStore, fallback: LoadedPolicy) -> PolicyLibrary:
+    """The stored policy versions, with the configured policy as the fallback (see
+    recobra.policyversions): the engine's ``policy_source`` in the service and worker."""
+    from recobra.policyversions import PolicyLibrary  # noqa: PLC0415
+
+    name = f"file {settings.policy_file}" if settings.policy_file else "the shipped default policy"
+    return PolicyLibrary(store.engine, fallback, fallback_name=name, templates_dir=settings.templates_dir)
 
 
 def open_store(url: str, *, require_schema: bool = True) -> SqlStore:
@@ -47,6 +60,7 @@ def build_engine(
     store: SqlStore | None = None,
     gateway: PaymentGateway | None = None,
     policies: LoadedPolicy | None = None,
+    policy_source: PolicySource | None = None,
 ) -> Engine:
     return Engine(
         store or open_store(settings.database_url),
@@ -56,6 +70,7 @@ def build_engine(
         batch_size=settings.batch_size,
         lease=timedelta(seconds=settings.lease_s),
         worker_id=settings.worker_id,
+        policy_source=policy_source,
     )
 
 
@@ -66,6 +81,7 @@ def build_messenger(
     *,
     channels: Mapping[ChannelKind, Channel] | None = None,
     link_secret: str | None = None,
+    policy_source: PolicySource | None = None,
 ) -> Messenger:
     """The dispatcher with the configured channels, templates and link signer."""
     from recobra.channels.loader import load_channel  # noqa: PLC0415 - SDKs load only when messaging
@@ -92,6 +108,7 @@ def build_messenger(
         LinkSigner(secret, settings.public_url),
         policies.policies,
         Sender(settings.company_name, settings.support_email, settings.data_retention_days),
+        source=policy_source,
     )
     rules = DeliveryRules(
         quiet_start=settings.quiet_start,

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -117,30 +117,131 @@ def policy_check(
 ) -> None:
     """Validate a policy file and the templates of every message it sends; errors name
     the field (or template) and the reason."""
-    from recobra.messages.checks import template_problems  # noqa: PLC0415
-    from recobra.messages.render import Renderer  # noqa: PLC0415
+    from recobra.policyversions import check_policy  # noqa: PLC0415
+
+    if templates is not None and not templates.is_dir():
+        try:  # the file's own problems come first, as they always have
+            load_policy_file(file)
+        except PolicyError as exc:
+            _print_policy_problems(exc)
+        raise fail(f"--templates: {templates} is not a folder", 1)
+    try:
+        loaded = check_policy(_read_policy(file), str(file), templates)
+    except PolicyError as exc:
+        _print_policy_problems(exc)
+    _print_policy(loaded.policies, title=f"{file}: valid (sha256 {loaded.checksum[:12]})")
+
+
+def _read_policy(file: Path) -> str:
+    """A policy file's text; an unreadable file is reported like an invalid one."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except OSError as exc:
+        _print_policy_problems(PolicyError(str(file), [("(file)", f"cannot read: {exc.strerror}")]))
+    except UnicodeDecodeError:
+        _print_policy_problems(PolicyError(str(file), [("(file)", "not UTF-8 text")]))
+
+
+def _print_policy_problems(exc: PolicyError) -> NoReturn:
+    """Every problem of a policy file, by field (or template), then exit status 1."""
+    from recobra.policyversions import TemplateProblems  # noqa: PLC0415
+
+    what = "its messages do not all render" if isinstance(exc, TemplateProblems) else "invalid policy"
+    err.print(f"[bold red]{exc.source}: {what}[/]", highlight=False)
+    for field, reason in exc.problems:
+        err.print(f"  [bold]{field}[/]: {reason}", highlight=False)
+    raise typer.Exit(1)
+
+
+@policy_app.command("history")
+def policy_history(
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many versions")] = 20,
+) -> None:
+    """Stored policy versions, newest first; the active one is marked."""
+    from recobra.store.policies import list_versions  # noqa: PLC0415
+
+    with _opened_store(config, database_url) as store:
+        rows = list_versions(store.engine, limit=limit)
+    if not rows:
+        console.print(
+            "no policy version stored yet: the configured file is in force "
+            "(store one with `recobra policy activate FILE`)"
+        )
+        return
+    t = Table()
+    for col in ("version", "active", "activated (UTC)", "created (UTC)", "sha256"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("by")
+    t.add_column("comment")
+    for r in rows:
+        t.add_row(
+            str(r.version),
+            "active" if r.active else "",
+            f"{r.activated_at:%Y-%m-%d %H:%M:%S}" if r.activated_at else "never",
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}",
+            r.sha256[:12],
+            r.created_by,
+            r.comment,
+        )
+    console.print(t)
+
+
+@policy_app.command("activate")
+def policy_activate(
+    file: Path,
+    comment: Annotated[str, typer.Option(help="Why this version (kept in the history)")] = "",
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    policy: PolicyOpt = None,
+) -> None:
+    """Check a policy file, store it as a new version and make it the active one: new
+    cases open under it, at once and without a restart (cases already open keep theirs).
+    A file identical to a stored version activates that version. The first time, the
+    configured policy (--policy or the settings) is recorded first, as it was in force."""
+    from recobra.bootstrap import build_policy_library  # noqa: PLC0415
+
+    settings = _settings(config, database_url=database_url, policy=policy)
+    text = _read_policy(file)
+    try:
+        fallback = load_policies(settings)
+    except PolicyError as exc:
+        raise fail(str(exc)) from None
+    with _opened_store(config, database_url) as store:
+        library = build_policy_library(settings, store, fallback)
+        try:
+            checked, created = library.store(
+                text,
+                datetime.now(UTC),
+                created_by=f"command line ({_user()})",
+                comment=comment,
+                activate=True,
+                source=str(file),
+            )
+        except PolicyError as exc:
+            _print_policy_problems(exc)
+        except ValueError as exc:
+            raise fail(str(exc), 1) from None
+    version = checked.version
+    how = "stored as version" if created else "already stored as version"
+    since = f"{version.activated_at:%Y-%m-%d %H:%M:%S}" if version.activated_at else "?"
+    console.print(f"{file} {how} {version.version}, active since {since} UTC")
+
+
+def _user() -> str:
+    import getpass  # noqa: PLC0415
 
     try:
-        loaded = load_policy_file(file)
-    except PolicyError as exc:
-        err.print(f"[bold red]{exc.source}: invalid policy[/]", highlight=False)
-        for field, reason in exc.problems:
-            err.print(f"  [bold]{field}[/]: {reason}", highlight=False)
-        raise typer.Exit(1) from None
-    if templates is not None and not templates.is_dir():
-        raise fail(f"--templates: {templates} is not a folder", 1)
-    problems = template_problems(loaded.policies, Renderer(templates))
-    if problems:
-        err.print(f"[bold red]{file}: its messages do not all render[/]", highlight=False)
-        for where, reason in problems:
-            err.print(f"  [bold]{where}[/]: {reason}", highlight=False)
-        raise typer.Exit(1)
-    _print_policy(loaded.policies, title=f"{file}: valid (sha256 {loaded.checksum[:12]})")
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in this environment (some containers)
+        return "unknown user"
 
 
 @policy_app.command("show")
 def policy_show(config: ConfigOpt = None, policy: PolicyOpt = None) -> None:
-    """Show the policy in effect (the configured file, or the shipped default)."""
+    """Show the configured policy file (or the shipped default); once versions are
+    stored in the database, the active one is in effect instead (`recobra policy history`)."""
     settings = _settings(config, policy=policy)
     try:
         loaded = load_policies(settings)
@@ -270,8 +371,15 @@ def _read(file: Path) -> str:
 
 
 def _engine(settings: Settings, **kwargs: Any) -> Any:
+    """The engine on the configured store; it follows the active stored policy version
+    (the configured file until one is stored: recobra.policyversions)."""
+    from recobra.bootstrap import build_policy_library  # noqa: PLC0415
+
     try:
-        return build_engine(settings, **kwargs)
+        store = kwargs.pop("store", None) or open_store(settings.database_url)
+        policies = load_policies(settings)
+        library = build_policy_library(settings, store, policies)
+        return build_engine(settings, store=store, policies=policies, policy_source=library, **kwargs)
     except (NotInitialised, GatewayLoadError, PolicyError) as exc:
         raise fail(str(exc)) from None
 
@@ -632,7 +740,9 @@ def _messenger(settings: Settings, engine: Any) -> Any:
     from recobra.channels.loader import ChannelLoadError  # noqa: PLC0415
 
     try:
-        return build_messenger(settings, engine.store, load_policies(settings))
+        return build_messenger(
+            settings, engine.store, load_policies(settings), policy_source=engine.policy_source
+        )
     except (SettingsError, ChannelLoadError, PolicyError) as exc:
         raise fail(f"{exc} (or run with --no-messages)") from None
 

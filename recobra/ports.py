@@ -29,6 +29,7 @@ from recobra.domain.model import (
 )
 from recobra.domain.money import Money
 from recobra.domain.network import PriorAttempt
+from recobra.domain.policy import PolicySet
 from recobra.domain.schedule import HolidayCalendar
 
 __all__ = [
@@ -456,3 +457,18 @@ class Channel(Protocol):
     kind: str
 
     def send(self, message: OutgoingMessage) -> DeliveryResult: ...
+
+
+class PolicySource(Protocol):
+    """Where the engine finds its policies when they can change while it runs
+    (versions stored and activated from the API or the command line).
+
+    ``active()`` is asked at the start of every batch of events and every tick, so it
+    must be cheap: a cached set, checked against the store now and then. Its
+    ``version`` is the number cases opened under it record. ``version(n)`` is the set
+    stored as version ``n`` (cases follow the version they opened under to the end),
+    or None when no such version is known."""
+
+    def active(self) -> PolicySet: ...
+
+    def version(self, number: int) -> PolicySet | None: ...

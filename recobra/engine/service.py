@@ -77,6 +77,7 @@ from recobra.ports import (
     ConcurrentUpdate,
     GatewayError,
     PaymentGateway,
+    PolicySource,
     Store,
     UnitOfWork,
 )
@@ -184,10 +185,15 @@ class Engine:
         batch_size: int = 500,
         lease: timedelta = timedelta(minutes=5),
         worker_id: str = "worker",
+        policy_source: PolicySource | None = None,
     ) -> None:
         self.store = store
         self.gateway = gateway
         self.policies = policies
+        # When given, the active policy set is taken from it at every batch and tick
+        # (versions activated while the engine runs), and each case keeps the version
+        # it opened under; without it ``policies`` is fixed.
+        self.policy_source = policy_source
         self.holidays = holidays
         self.network_rules = network_rules
         self.batch_size = batch_size
@@ -208,6 +214,7 @@ class Engine:
         If a worker changed one of the cases meanwhile, the whole batch is redone on
         the fresh state (a few times at most).
         """
+        self._refresh_policies()
         for attempt in range(1, CONCURRENCY_RETRIES + 1):
             try:
                 results, immediate, latest = self._handle_once(commands)
@@ -844,11 +851,16 @@ class Engine:
 
     # ------------------------------------------------------------------ decisions
 
+    def _refresh_policies(self) -> None:
+        if self.policy_source is not None:
+            self.policies = self.policy_source.active()
+
     def _policy(self, case: DunningCase) -> RetryPolicy:
-        return (
-            self.policies.policies.get(case.policy_name)
-            or self.policies.policies[self.policies.default_policy]
-        )
+        policies = self.policies
+        if self.policy_source is not None and case.policy_version != policies.version:
+            # A case follows the version it opened under, whatever was activated since.
+            policies = self.policy_source.version(case.policy_version) or policies
+        return policies.policies.get(case.policy_name) or policies.policies[policies.default_policy]
 
     def _decide_next(
         self,
@@ -927,6 +939,7 @@ class Engine:
     def tick(self, now: datetime) -> TickReport:
         """Claim due cases in batches and act on them until none is due at ``now``."""
         now = require_aware("now", now).astimezone(UTC)
+        self._refresh_policies()
         report = TickReport()
         while True:
             with self.store.unit_of_work() as uow:
@@ -944,6 +957,7 @@ class Engine:
         """Act now on the given active cases (an immediate retry), claiming them first;
         cases another worker holds are left to it."""
         now = require_aware("now", now).astimezone(UTC)
+        self._refresh_policies()
         with self.store.unit_of_work() as uow:
             ids = uow.claim_due(
                 now, limit=len(case_ids), worker_id=self.worker_id, lease=self.lease, case_ids=case_ids

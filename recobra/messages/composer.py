@@ -14,7 +14,7 @@ from recobra.domain.policy import PolicySet
 from recobra.engine.campaigns import card_expiry_end
 from recobra.messages.links import LinkSigner
 from recobra.messages.render import MessageContext, Rendered, Renderer
-from recobra.ports import MessageBundle, OutgoingMessage
+from recobra.ports import MessageBundle, OutgoingMessage, PolicySource
 
 LINK_TTL = timedelta(days=21)
 """The shortest life of a customer's link."""
@@ -43,16 +43,31 @@ def cldr_locale(language: str, country: str) -> str:
 class TemplateComposer:
     """The ``MessageComposer`` port on Jinja2 templates and signed links."""
 
-    def __init__(self, renderer: Renderer, links: LinkSigner, policies: PolicySet, sender: Sender) -> None:
+    def __init__(
+        self,
+        renderer: Renderer,
+        links: LinkSigner,
+        policies: PolicySet,
+        sender: Sender,
+        *,
+        source: PolicySource | None = None,
+    ) -> None:
         self.renderer = renderer
         self.links = links
         self.policies = policies
         self.sender = sender
+        # When given, the active stored version replaces ``policies`` (see the engine).
+        self.source = source
 
     def context(self, bundle: MessageBundle, now: datetime) -> MessageContext:
         entry, case, customer = bundle.entry, bundle.case, bundle.customer
         note = entry.context
-        policy = self.policies.policies.get(case.policy_name) if case else None
+        policies = self.source.active() if self.source else self.policies
+        if case and self.source and case.policy_version != policies.version:
+            policies_of_case = self.source.version(case.policy_version) or policies
+        else:
+            policies_of_case = policies
+        policy = policies_of_case.policies.get(case.policy_name) if case else None
         subject = case.id if case else customer.id
         method = bundle.payment_method
 
@@ -67,7 +82,7 @@ class TemplateComposer:
         def link(purpose: str, who: str = subject) -> str:
             return self.links.make(purpose, who, now=now, ttl=ttl, extra={"message": entry.key})
 
-        benefits_by_plan = self.policies.benefits
+        benefits_by_plan = policies.benefits
         per_locale = benefits_by_plan.get(bundle.plan_id or "") or benefits_by_plan.get("*") or {}
         canceled = entry.kind in (MessageKind.SUBSCRIPTION_CANCELED, MessageKind.WIN_BACK)
         # Leaving and coming back act on a subscription: their links name it (the

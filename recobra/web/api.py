@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -211,12 +211,20 @@ class IngestResult(BaseModel):
     results: list[EventResult]
 
 
+def no_nul(value: str) -> str:
+    """A text field's check: PostgreSQL cannot store NUL characters."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 class WriteOffIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: Annotated[
         str,
         StringConstraints(min_length=1, max_length=500, pattern=r"\S"),
+        AfterValidator(no_nul),
         Field(description="why the case is written off (kept on its timeline)"),
     ]
 
@@ -451,13 +459,30 @@ INVALID: Responses = {422: problem_doc("Invalid input: `errors` names each field
 NOT_FOUND: Responses = {404: problem_doc("No such resource.")}
 
 
+def no_nul_characters(request: Request) -> None:
+    """Refuse NUL characters in path and query parameters (``422`` naming each): no id
+    holds one, and PostgreSQL cannot even compare text with one."""
+    params = [*request.path_params.items(), *request.query_params.multi_items()]
+    bad = sorted({name for name, value in params if isinstance(value, str) and "\x00" in value})
+    if bad:
+        raise Problem(
+            422,
+            "Invalid request",
+            "some fields are invalid",
+            errors=[{"field": name, "reason": "must not contain NUL characters"} for name in bad],
+        )
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 KeyDep = Annotated[str, Depends(require_api_key)]
 CaseId = Annotated[str, Path(min_length=1, max_length=160, description="e.g. case_in_1042")]
 
 
 router = APIRouter(
-    prefix=PREFIX, tags=["api"], dependencies=[Depends(require_api_key)], responses=UNAUTHORIZED
+    prefix=PREFIX,
+    tags=["api"],
+    dependencies=[Depends(require_api_key), Depends(no_nul_characters)],
+    responses=UNAUTHORIZED,
 )
 
 
@@ -636,9 +661,13 @@ def get_customer(
 
 def include(app: FastAPI) -> None:
     """Add the ``/api/v1`` routes to ``app``."""
+    from recobra.web import api_policies, api_resources  # noqa: PLC0415 - they import this module
+
     auth.install(app)
     _document_events(app)
     app.include_router(router)
+    app.include_router(api_resources.router)
+    app.include_router(api_policies.router)
 
 
 __all__ = ["PREFIX", "include"]

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 
 from fastapi import Request
 
-from recobra.bootstrap import build_engine, load_policies, open_store
+from recobra.bootstrap import build_engine, build_policy_library, load_policies, open_store
 from recobra.engine.service import Engine
 from recobra.messages.links import LinkSigner
+from recobra.policyversions import PolicyLibrary
 from recobra.settings import Settings, SettingsError
 from recobra.store.sql import SqlStore
 
@@ -28,6 +29,8 @@ class Services:
     engine: Engine
     links: LinkSigner
     clock: Callable[[], datetime] = field(default=_wall_clock)
+    policy_library: PolicyLibrary | None = None
+    """Stored policy versions; the engine's policy source (built from settings when absent)."""
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Services:
@@ -36,17 +39,29 @@ class Services:
                 "the service needs RECOBRA_LINK_SECRET (32+ characters) to sign customers' links"
             )
         store = open_store(settings.database_url)
-        engine = build_engine(settings, store=store, policies=load_policies(settings))
+        policies = load_policies(settings)
+        library = build_policy_library(settings, store, policies)
+        engine = build_engine(settings, store=store, policies=policies, policy_source=library)
         return cls(
             settings=settings,
             store=store,
             engine=engine,
             links=LinkSigner(settings.link_secret, settings.public_url),
             clock=clock or _wall_clock,
+            policy_library=library,
         )
 
     def now(self) -> datetime:
         return self.clock()
+
+    def policies(self) -> PolicyLibrary:
+        """The stored policy versions (built from the settings on first use when the
+        services were assembled without them)."""
+        if self.policy_library is None:
+            self.policy_library = build_policy_library(
+                self.settings, self.store, load_policies(self.settings)
+            )
+        return self.policy_library
 
     def close(self) -> None:
         self.store.dispose()

@@ -266,3 +266,31 @@ def test_policy_check_reports_a_template_with_an_unknown_variable(tmp_path: Path
     result = run("policy", "check", str(default), "--templates", str(tmp_path / "templates"))
     assert result.returncode == 1
     assert "no_such_variable" in result.stderr
+
+
+def test_an_activated_policy_version_is_used_by_the_next_command(db: str, tmp_path: Path) -> None:
+    default = Path(__file__).parents[2] / "recobra" / "policies" / "default.toml"
+    fewer = default.read_text(encoding="utf-8").replace('name = "default"', 'name = "fewer"', 1)
+    path = tmp_path / "fewer.toml"
+    path.write_text(fewer, encoding="utf-8")
+    events = tmp_path / "events.json"
+    events.write_text(json.dumps(GOOD_EVENT))
+    assert run("events", "ingest", str(events), "--database-url", db).returncode == 0
+
+    activated = run("policy", "activate", str(path), "--comment", "fewer retries", "--database-url", db)
+
+    assert activated.returncode == 0, activated.stderr
+    assert "stored as version 2" in " ".join(activated.stdout.split())
+    history = run("policy", "history", "--database-url", db)
+    assert history.returncode == 0, history.stderr
+    assert "fewer retries" in history.stdout
+    second = {**GOOD_EVENT, "id": "evt_2", "invoice": {**GOOD_EVENT["invoice"], "id": "in_2"}}
+    events.write_text(json.dumps(second))
+    assert run("events", "ingest", str(events), "--database-url", db).returncode == 0
+    engine = create_engine(db)
+    try:
+        with engine.connect() as conn:
+            versions = dict(conn.execute(text("select id, policy_version from cases")).all())
+    finally:
+        engine.dispose()
+    assert versions == {"case_in_1": 1, "case_in_2": 2}

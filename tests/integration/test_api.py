@@ -165,6 +165,21 @@ OWN_OPERATIONS = [
     ("get", "/api/v1/cases/{case_id}"),
     ("post", "/api/v1/cases/{case_id}/write-off"),
     ("get", "/api/v1/customers/{customer_id}"),
+    ("get", "/api/v1/customers"),
+    ("get", "/api/v1/subscriptions"),
+    ("get", "/api/v1/subscriptions/{subscription_id}"),
+    ("get", "/api/v1/invoices"),
+    ("get", "/api/v1/invoices/{invoice_id}"),
+    ("get", "/api/v1/payment-methods"),
+    ("get", "/api/v1/payment-methods/{payment_method_id}"),
+    ("get", "/api/v1/attempts"),
+    ("get", "/api/v1/attempts/{attempt_id}"),
+    ("get", "/api/v1/policies"),
+    ("post", "/api/v1/policies"),
+    ("get", "/api/v1/policies/active"),
+    ("get", "/api/v1/policies/{version}"),
+    ("post", "/api/v1/policies/validate"),
+    ("post", "/api/v1/policies/{version}/activate"),
 ]
 
 
@@ -184,6 +199,7 @@ def test_every_api_route_needs_a_valid_key(api: Api) -> None:
     ]
     for method, path in operations:
         url = path.replace("{case_id}", "case_in_1").replace("{customer_id}", "cus_1")
+        url = re.sub(r"\{[a-z_]+\}", "1", url)
         for h in headers:
             response = api.client.request(method, url, headers=h, json=[])
             body = assert_problem(response, 401)
@@ -612,6 +628,7 @@ OWN_PATHS = (
             "/api/v1/cases/{case_id}",
             "/api/v1/cases/{case_id}/write-off",
             "/api/v1/customers/{customer_id}",
+            *(path for _method, path in OWN_OPERATIONS),
             "/healthz",
             "/readyz",
             "/metrics",
@@ -636,6 +653,14 @@ def fuzz_app(sqlite_services: Services) -> Iterator[tuple[FastAPI, str]]:
             ).status_code
             == 200
         )
+        # Two policy versions (the configured file and this one), the second active.
+        stored = client.post(
+            "/api/v1/policies",
+            json={"source": TEST_POLICY.replace("grace_days = 2", "grace_days = 3"), "activate": True},
+            headers=auth,
+        )
+        assert stored.status_code == 201, stored.text
+        sqlite_services.engine.tick(T0 + timedelta(days=2))  # some attempts to find
         yield app, key
 
 
@@ -652,8 +677,8 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(fuzz_app: tupl
     app, key = fuzz_app
     schema = schemathesis.openapi.from_asgi("/openapi.json", app).include(path_regex=OWN_PATHS)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 8, [op.label for op in operations]
-    known = ["case_in_1", "case_in_2", "case_in_3", "cus_1", "cus_2"]
+    assert len(operations) == len(OWN_OPERATIONS) + 3, [op.label for op in operations]
+    known = ["case_in_1", "case_in_2", "case_in_3", "cus_1", "cus_2", "sub_1", "in_2", "pm_3", "1", "2"]
     for operation in operations:
         strategy = operation.as_strategy()
 
