@@ -34,6 +34,7 @@ def create_app(services: Services) -> FastAPI:
 
 def _routers() -> list[Callable[[FastAPI], None]]:
     """Each concern's ``include(app)``."""
+    from recobra.stripe import webhooks as stripe_webhooks  # noqa: PLC0415
     from recobra.web import api, customer, deliveries, health, hosted, providers  # noqa: PLC0415
 
     return [
@@ -43,4 +44,5 @@ def _routers() -> list[Callable[[FastAPI], None]]:
         deliveries.include,
         providers.include,
         hosted.include,
+        stripe_webhooks.include,
     ]

@@ -1,0 +1,385 @@
+"""Stripe end to end: the official SDK talking HTTP to a local stateful Stripe fake
+(localstripe, a separate process), the real engine and store, and the webhook route
+through the application. Webhook bodies are signed with the SDK's signing scheme.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import stripe
+from conftest import Db, EngineFactory
+from fastapi.testclient import TestClient
+from stripe_support import (  # noqa: F401 - fixtures
+    CARD_DECLINED_ON_CHARGE,
+    CARD_NEEDS_AUTHENTICATION,
+    CARD_OK,
+    WEBHOOK_SECRET,
+    Account,
+    account,
+    localstripe_url,
+    settings_for,
+    signed,
+    stripe_client,
+    stripe_gateway,
+)
+
+from recobra.domain.model import Funding
+from recobra.domain.money import Money
+from recobra.messages.links import LinkSigner
+from recobra.ports import CardRef, ChargeRequest, ChargeStatus
+from recobra.settings import Settings
+from recobra.store.sql import SqlStore
+from recobra.stripe.config import StripeSettings
+from recobra.stripe.gateway import StripeGateway
+from recobra.web.app import create_app
+from recobra.web.services import Services
+
+LINK_SECRET = "s" * 40
+PUBLIC = "https://pay.example.com"
+
+
+@dataclass
+class StripeApp:
+    client: TestClient
+    services: Services
+    account: Account
+    gateway: StripeGateway
+    db: Db
+
+    def send(self, event: dict[str, Any], **kwargs: Any) -> Any:
+        body, headers = signed(event, **kwargs)
+        return self.client.post("/webhooks/stripe", content=body, headers=headers)
+
+    def event(self, kind: str, obj: dict[str, Any], *, created: int | None = None, eid: str | None = None) -> dict[str, Any]:
+        return {
+            "id": eid or f"evt_{kind.replace('.', '_')}_{obj['id']}_{created or ''}",
+            "object": "event",
+            "type": kind,
+            "created": created or int(time.time()),
+            "livemode": False,
+            "api_version": "2026-10-28.endive",
+            "data": {"object": obj},
+        }
+
+    def inbox(self) -> dict[str, dict[str, Any]]:
+        return {r["id"]: r for r in self.db.rows("stripe_events")}
+
+
+@pytest.fixture
+def app(
+    store: SqlStore, engine_factory: EngineFactory, db: Db, database_url: str, localstripe_url: str,
+    account: Account,
+) -> Iterator[StripeApp]:
+    gateway = StripeGateway(StripeSettings.from_mapping(settings_for(localstripe_url)))
+    engine = engine_factory(gateway=gateway)
+    settings = Settings(
+        database_url=database_url, link_secret=LINK_SECRET, public_url=PUBLIC, gateway="stripe",
+        gateway_settings=settings_for(localstripe_url),
+    )
+    services = Services(settings=settings, store=store, engine=engine, links=LinkSigner(LINK_SECRET, PUBLIC))
+    with TestClient(create_app(services), base_url=PUBLIC) as client:
+        yield StripeApp(client, services, account, gateway, db)
+
+
+def failing_subscription(acct: Account, card: str = CARD_DECLINED_ON_CHARGE) -> tuple[str, dict[str, Any]]:
+    """A customer whose subscription's first invoice was declined at the fake."""
+    customer = acct.customer()
+    acct.card(customer, card)
+    sub = acct.subscription(customer, acct.price())
+    invoice = acct.client.v1.invoices.retrieve(sub["latest_invoice"]).to_dict()
+    assert invoice["status"] == "open"
+    return customer, invoice
+
+
+# --------------------------------------------------------------------------- the journey
+
+
+def test_a_declining_card_opens_a_case_and_a_new_card_recovers_it(app: StripeApp) -> None:
+    customer, invoice = failing_subscription(app.account)
+
+    answer = app.send(app.event("invoice.payment_failed", invoice, created=invoice["created"]))
+
+    assert answer.status_code == 200
+    assert answer.json() == {"received": True, "stored": True, "duplicate": False}
+    case = app.db.case(f"case_{invoice['id']}")
+    assert case["status"] == "open"
+    assert case["last_code"] == "card_declined"
+    assert case["customer_id"] == customer
+    assert case["amount_minor"] == 4900
+    row = app.db.rows("customers", id=customer)[0]
+    assert (row["email"], row["locale"], row["timezone"]) == ("ana@example.com", "es", "America/Bogota")
+    assert app.db.subscription(invoice["subscription"])["status"] == "past_due"
+    assert app.inbox()[f"evt_invoice_payment_failed_{invoice['id']}_{invoice['created']}"]["status"] == "done"
+
+    # The customer saves a new card on the hosted page (a SetupIntent confirmed by
+    # Stripe's element; here confirmed with the SDK, as Stripe.js would).
+    new_card = app.account.card(customer, CARD_OK, default=False)
+    intent = app.account.client.v1.setup_intents.create(
+        {"customer": customer, "metadata": {"recobra_case": case["id"], "recobra_subscription": invoice["subscription"]}}
+    )
+    confirmed = app.account.client.v1.setup_intents.confirm(intent.id, {"payment_method": new_card}).to_dict()
+    assert confirmed["status"] == "succeeded"
+
+    answer = app.send(app.event("setup_intent.succeeded", confirmed))
+
+    assert answer.status_code == 200
+    case = app.db.case(case["id"])
+    assert case["status"] == "recovered"
+    assert case["payment_method_id"] == new_card
+    assert app.account.client.v1.invoices.retrieve(invoice["id"]).status == "paid"
+    cus = app.account.client.v1.customers.retrieve(customer)
+    assert cus.invoice_settings.default_payment_method == new_card
+    attempts = app.db.attempts(case["id"])
+    assert [(a["trigger"], a["status"]) for a in attempts] == [("billing", "failed"), ("payment_method", "succeeded")]
+    app.db.check_case(case["id"])
+
+
+def test_a_card_updater_event_retries_at_once(app: StripeApp) -> None:
+    customer, invoice = failing_subscription(app.account)
+    app.send(app.event("invoice.payment_failed", invoice, created=invoice["created"]))
+    # The network's card updater gave the customer's bank a working card: Stripe
+    # reports the same payment method with new details. (The fake has no card
+    # updater; the card it charges next is made to succeed by a new default.)
+    working = app.account.card(customer, CARD_OK)
+    pm = app.account.client.v1.payment_methods.retrieve(working).to_dict()
+
+    app.send(app.event("payment_method.automatically_updated", pm))
+
+    assert app.db.case(f"case_{invoice['id']}")["status"] == "recovered"
+
+
+def test_the_same_attempt_sent_twice_charges_once(app: StripeApp) -> None:
+    customer, invoice = failing_subscription(app.account)
+    good = app.account.card(customer, CARD_OK)
+    request = charge_request(invoice, customer, good, key=f"recobra:case_{invoice['id']}:1")
+
+    first = app.gateway.charge(request)
+    second = app.gateway.charge(request)
+
+    assert first.status is ChargeStatus.SUCCEEDED
+    assert second == first
+    paid = app.account.client.v1.invoices.retrieve(invoice["id"])
+    assert paid.status == "paid"
+    assert paid.metadata["recobra_attempt"] == request.idempotency_key
+    assert app.gateway.attempt_status(request.idempotency_key) == first
+    assert app.gateway.attempt_status(f"recobra:case_{invoice['id']}:2").status is ChargeStatus.NOT_FOUND
+
+
+def test_a_declined_retry_sent_twice_is_one_decline(app: StripeApp) -> None:
+    customer, invoice = failing_subscription(app.account)
+    token = app.account.client.v1.customers.retrieve(customer).invoice_settings.default_payment_method
+    request = charge_request(invoice, customer, token, key=f"recobra:case_{invoice['id']}:1")
+
+    first = app.gateway.charge(request)
+    intent = app.account.client.v1.invoices.retrieve(invoice["id"]).payment_intent
+    second = app.gateway.charge(request)
+
+    assert first.status is ChargeStatus.DECLINED
+    assert first.decline_code == "card_declined"
+    assert second == first
+    assert app.account.client.v1.invoices.retrieve(invoice["id"]).payment_intent == intent
+
+
+def charge_request(invoice: dict[str, Any], customer: str, token: str, *, key: str) -> ChargeRequest:
+    return ChargeRequest(
+        idempotency_key=key,
+        invoice_id=invoice["id"],
+        customer_id=customer,
+        subscription_id=invoice.get("subscription"),
+        amount=Money(invoice["amount_due"], invoice["currency"]),
+        payment_method=CardRef(token, token, "visa", "4242", 12, 2034, Funding.CREDIT),
+        attempt_number=1,
+        attempted_at=datetime.now(UTC),
+        customer_country="CO",
+        customer_timezone="America/Bogota",
+    )
+
+
+def test_the_final_action_cancels_the_subscription(app: StripeApp) -> None:
+    _customer, invoice = failing_subscription(app.account)
+    app.send(app.event("invoice.payment_failed", invoice, created=invoice["created"]))
+    case_id = f"case_{invoice['id']}"
+
+    # The test policy: three declined retries, then cancel after the window and grace.
+    start = app.db.case(case_id)["opened_at"]
+    for days in (1, 3, 6, 13):
+        app.services.engine.tick(start + timedelta(days=days, minutes=1))
+
+    case = app.db.case(case_id)
+    assert case["status"] == "final_action_done"
+    assert case["final_action"] == "cancel"
+    assert app.account.client.v1.subscriptions.retrieve(invoice["subscription"]).status == "canceled"
+    declines = [a for a in app.db.attempts(case_id) if a["trigger"] == "policy"]
+    assert len(declines) == 3
+    # Canceling again (a rerun after a crash) is a no-op.
+    app.gateway.cancel_subscription(invoice["subscription"], at=datetime.now(UTC), idempotency_key="again")
+
+
+# --------------------------------------------------------------------------- PaymentIntents mode
+
+
+@pytest.fixture
+def pi_gateway(localstripe_url: str) -> StripeGateway:
+    return StripeGateway(StripeSettings.from_mapping(settings_for(localstripe_url, mode="payment_intents")))
+
+
+@pytest.mark.parametrize(
+    ("card", "status", "code"),
+    [
+        (CARD_OK, ChargeStatus.SUCCEEDED, None),
+        (CARD_DECLINED_ON_CHARGE, ChargeStatus.DECLINED, "card_declined"),
+        (CARD_NEEDS_AUTHENTICATION, ChargeStatus.DECLINED, "authentication_required"),
+    ],
+)
+def test_payment_intents_mode_charges_off_session(
+    pi_gateway: StripeGateway, account: Account, card: str, status: ChargeStatus, code: str | None
+) -> None:
+    customer = account.customer()
+    token = account.card(customer, card)
+    request = ChargeRequest(
+        idempotency_key=f"recobra:case_inv_{token}:1",
+        invoice_id=f"inv_{token}",
+        customer_id=customer,
+        subscription_id=None,
+        amount=Money(2500, "EUR"),
+        payment_method=CardRef(token, token, "visa", "0000", 12, 2034, Funding.CREDIT),
+        attempt_number=1,
+        attempted_at=datetime.now(UTC),
+        customer_country="ES",
+        customer_timezone="Europe/Madrid",
+    )
+
+    result = pi_gateway.charge(request)
+
+    assert result.status is status
+    assert result.decline_code == code
+    assert result.gateway_reference
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+def test_tampered_badly_signed_stale_and_unsigned_payloads_are_refused(app: StripeApp) -> None:
+    event = app.event("invoice.paid", {"id": "in_x", "object": "invoice"})
+    body, headers = signed(event)
+
+    tampered = body.replace("in_x", "in_y")
+    assert app.client.post("/webhooks/stripe", content=tampered, headers=headers).status_code == 400
+    wrong = signed(event, secret="whsec_someone_else")
+    assert app.client.post("/webhooks/stripe", content=wrong[0], headers=wrong[1]).status_code == 400
+    old = signed(event, timestamp=int(time.time()) - 3600)
+    answer = app.client.post("/webhooks/stripe", content=old[0], headers=old[1])
+    assert answer.status_code == 400
+    assert "timestamp" in answer.json()["detail"].lower()
+    unsigned = app.client.post("/webhooks/stripe", content=body, headers={"Content-Type": "application/json"})
+    assert unsigned.status_code == 400
+    assert app.inbox() == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("{not json", "not JSON"),
+        ('{"object": "invoice", "id": "in_1"}', "not a Stripe event"),
+        ('{"object": "event", "id": "evt_1", "type": "invoice.paid", "created": "yesterday", "data": {}}',
+         "created: Unix seconds are required; data.object: an object is required"),
+    ],
+)
+def test_bad_payloads_get_a_400_that_names_the_problem(app: StripeApp, body: str, problem: str) -> None:
+    body, headers = signed(body)
+    answer = app.client.post("/webhooks/stripe", content=body, headers=headers)
+    assert answer.status_code == 400
+    assert problem in answer.json()["detail"]
+    assert app.inbox() == {}
+
+
+def test_a_replayed_event_is_acknowledged_and_dropped(app: StripeApp) -> None:
+    _customer, invoice = failing_subscription(app.account)
+    event = app.event("invoice.payment_failed", invoice, created=invoice["created"])
+
+    assert app.send(event).json()["stored"] is True
+    again = app.send(event)
+
+    assert again.status_code == 200
+    assert again.json() == {"received": True, "stored": False, "duplicate": True}
+    assert len(app.inbox()) == 1
+    assert len(app.db.attempts(f"case_{invoice['id']}")) == 1
+
+
+def test_an_older_failure_after_the_payment_does_not_reopen_a_case(app: StripeApp) -> None:
+    customer, invoice = failing_subscription(app.account)
+    failed_at = invoice["created"]
+    # The invoice is paid (say, by the customer on Stripe's hosted invoice page) ...
+    app.account.card(customer, CARD_OK)
+    app.account.client.v1.invoices.pay(invoice["id"])
+    paid = app.account.client.v1.invoices.retrieve(invoice["id"]).to_dict()
+    # ... and Stripe delivers invoice.paid before the older invoice.payment_failed.
+    app.send(app.event("invoice.paid", paid, created=failed_at + 60, eid="evt_paid"))
+    app.send(app.event("invoice.payment_failed", invoice, created=failed_at, eid="evt_failed"))
+
+    inbox = app.inbox()
+    assert inbox["evt_paid"]["status"] == "done"
+    assert inbox["evt_failed"]["status"] == "stale"
+    assert app.db.rows("cases") == []
+
+
+def test_a_failure_of_an_invoice_paid_meanwhile_is_ignored(app: StripeApp) -> None:
+    customer, invoice = failing_subscription(app.account)
+    app.account.card(customer, CARD_OK)
+    app.account.client.v1.invoices.pay(invoice["id"])
+
+    app.send(app.event("invoice.payment_failed", invoice, created=invoice["created"], eid="evt_late"))
+
+    assert app.inbox()["evt_late"]["status"] == "ignored"
+    assert "paid now" in app.inbox()["evt_late"]["note"]
+    assert app.db.rows("cases") == []
+
+
+def test_events_that_do_not_concern_us_are_acknowledged_and_ignored(app: StripeApp) -> None:
+    answer = app.send(app.event("charge.dispute.created", {"id": "dp_1", "object": "dispute"}))
+    assert answer.status_code == 200
+    row = app.inbox()["evt_charge_dispute_created_dp_1_"]
+    assert row["status"] == "ignored"
+
+
+def test_subscription_updates_and_deletion_reach_the_engine(app: StripeApp) -> None:
+    _customer, invoice = failing_subscription(app.account)
+    app.send(app.event("invoice.payment_failed", invoice, created=invoice["created"]))
+    sub = app.account.client.v1.subscriptions.retrieve(invoice["subscription"]).to_dict()
+
+    app.send(app.event("customer.subscription.updated", sub, created=invoice["created"] + 1))
+    app.account.client.v1.subscriptions.cancel(sub["id"])
+    ended = app.account.client.v1.subscriptions.retrieve(sub["id"]).to_dict()
+    app.send(app.event("customer.subscription.deleted", ended, created=invoice["created"] + 2))
+
+    assert app.db.case(f"case_{invoice['id']}")["status"] == "canceled"
+    assert app.db.subscription(sub["id"])["status"] == "canceled"
+    # An older update delivered late does not bring the subscription back.
+    app.send(app.event("customer.subscription.updated", sub, created=invoice["created"] + 1, eid="evt_old"))
+    assert app.inbox()["evt_old"]["status"] == "stale"
+    assert app.db.subscription(sub["id"])["status"] == "canceled"
+
+
+def test_webhooks_are_not_served_without_stripe(
+    store: SqlStore, engine_factory: EngineFactory, database_url: str
+) -> None:
+    services = Services(
+        settings=Settings(database_url=database_url, link_secret=LINK_SECRET),
+        store=store, engine=engine_factory(), links=LinkSigner(LINK_SECRET, PUBLIC),
+    )
+    body, headers = signed({"id": "evt_1"})
+    with TestClient(create_app(services)) as client:
+        assert client.post("/webhooks/stripe", content=body, headers=headers).status_code == 404
+
+
+def test_the_api_version_is_the_sdk_s(stripe_client: stripe.StripeClient) -> None:
+    from recobra.stripe.config import API_VERSION  # noqa: PLC0415
+
+    assert stripe.api_version == API_VERSION
+    assert WEBHOOK_SECRET.startswith("whsec_")
