@@ -132,7 +132,7 @@ class StripeGateway:
         if token != self._collection_method(invoice):
             params["payment_method"] = token
         try:
-            paid = _dict(invoices.pay(request.invoice_id, params or None, {"idempotency_key": key}))
+            paid = _dict(invoices.pay(request.invoice_id, params or None, {"idempotency_key": key}))  # type: ignore[arg-type]
         except stripe.CardError as exc:
             after = _dict(invoices.retrieve(request.invoice_id))
             outcome = self._invoice_outcome(after, key)
@@ -150,7 +150,9 @@ class StripeGateway:
 
     def _collection_method(self, invoice: Mapping[str, Any]) -> str | None:
         """The payment method Stripe charges the invoice with when given none."""
-        direct = mapping.ref(invoice.get("default_payment_method")) or mapping.ref(invoice.get("default_source"))
+        direct = mapping.ref(invoice.get("default_payment_method")) or mapping.ref(
+            invoice.get("default_source")
+        )
         if direct:
             return direct
         sub_id = mapping.invoice_subscription_id(invoice)
@@ -316,7 +318,9 @@ class StripeGateway:
             invoice = _dict(self.client.v1.invoices.retrieve(invoice_id))
             if invoice.get("status") in ("uncollectible", "paid", "void"):
                 return
-            self.client.v1.invoices.mark_uncollectible(invoice_id, options={"idempotency_key": idempotency_key})
+            self.client.v1.invoices.mark_uncollectible(
+                invoice_id, options={"idempotency_key": idempotency_key}
+            )
 
 
 class _translated:
@@ -328,9 +332,9 @@ class _translated:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
         if exc is None or not isinstance(exc, stripe.StripeError):
-            return False
+            return
         transient = isinstance(exc, _TRANSIENT)
         raise GatewayError(
             f"Stripe could not {self.what}: {exc.user_message or exc}",

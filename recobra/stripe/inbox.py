@@ -38,9 +38,9 @@ from recobra.engine.commands import (
     SubscriptionUpdated,
 )
 from recobra.engine.service import Engine
+from recobra.store.tables import StripeEventRow
 from recobra.stripe import mapping
 from recobra.stripe.config import Mode, StripeSettings
-from recobra.store.tables import StripeEventRow
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,9 @@ class Inbox:
     def finish(self, event_id: str, status: str, note: str, now: datetime) -> None:
         t = StripeEventRow
         with self.db.begin() as conn:
-            conn.execute(update(t).where(t.id == event_id).values(status=status, note=note[:2000], processed_at=now))
+            conn.execute(
+                update(t).where(t.id == event_id).values(status=status, note=note[:2000], processed_at=now)
+            )
 
     def newer_applied(self, event: Stored) -> bool:
         """Whether an event created after this one was already applied to its object."""
@@ -221,7 +223,8 @@ class EventProcessor:
 
     def _process(self, event: Stored, now: datetime) -> str:
         if self.inbox.newer_applied(event):
-            self.inbox.finish(event.id, "stale", "an event created later was already applied to this object", now)
+            why = "an event created later was already applied to this object"
+            self.inbox.finish(event.id, "stale", why, now)
             return "stale"
         try:
             payload = json.loads(event.payload)
@@ -266,8 +269,10 @@ class EventProcessor:
                 return [self._subscription_updated(event_id, at, obj)]
             case "customer.subscription.deleted":
                 return [self._canceled(event_id, at, obj)]
-            case "payment_method.attached" | "payment_method.updated" | "payment_method.automatically_updated":
-                return [self._method_updated(event_id, at, obj, card_updater=kind.endswith("automatically_updated"))]
+            case "payment_method.attached" | "payment_method.updated":
+                return [self._method_updated(event_id, at, obj, card_updater=False)]
+            case "payment_method.automatically_updated":
+                return [self._method_updated(event_id, at, obj, card_updater=True)]
             case "customer.source.expiring":
                 return self._expiring(event_id, at, obj)
             case "setup_intent.succeeded":
@@ -342,7 +347,9 @@ class EventProcessor:
             return mapping.payment_method_from_charge(charge, customer_id)
         return None
 
-    def _default_method(self, cus: Mapping[str, Any], sub: Mapping[str, Any] | None = None) -> PaymentMethod | None:
+    def _default_method(
+        self, cus: Mapping[str, Any], sub: Mapping[str, Any] | None = None
+    ) -> PaymentMethod | None:
         token = (
             mapping.ref((sub or {}).get("default_payment_method"))
             or mapping.ref((cus.get("invoice_settings") or {}).get("default_payment_method"))
@@ -352,7 +359,9 @@ class EventProcessor:
         pm = _dict(self.client.v1.payment_methods.retrieve(token))
         return mapping.payment_method(pm, customer_id=str(cus["id"]))
 
-    def _subscription_updated(self, event_id: str, at: datetime, sub: Mapping[str, Any]) -> SubscriptionUpdated:
+    def _subscription_updated(
+        self, event_id: str, at: datetime, sub: Mapping[str, Any]
+    ) -> SubscriptionUpdated:
         customer, cus = self._customer(str(mapping.ref(sub.get("customer"))))
         return SubscriptionUpdated(
             event_id, at, customer, mapping.subscription(sub), self._default_method(cus, sub)
@@ -397,7 +406,9 @@ class EventProcessor:
             if data.get("status") not in ("active", "trialing", "past_due"):
                 continue
             commands.append(
-                SubscriptionUpdated(f"{event_id}:{data['id']}", at, customer, mapping.subscription(data), method)
+                SubscriptionUpdated(
+                    f"{event_id}:{data['id']}", at, customer, mapping.subscription(data), method
+                )
             )
         if not commands:
             raise Skip("the expiring card pays no active subscription")

@@ -170,7 +170,9 @@ def card_details(obj: Obj) -> Obj | None:
     return None
 
 
-def payment_method(obj: Obj, *, customer_id: str | None = None, is_default: bool = True) -> PaymentMethod | None:
+def payment_method(
+    obj: Obj, *, customer_id: str | None = None, is_default: bool = True
+) -> PaymentMethod | None:
     """A card PaymentMethod (``pm_``) or legacy card (``card_``/``src_``) as a Recobra
     payment method; None for anything that is not a card (Recobra retries cards)."""
     card = card_details(obj)

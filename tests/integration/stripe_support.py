@@ -102,9 +102,8 @@ class Account:
     client: stripe.StripeClient
 
     def card(self, customer_id: str, number: str, *, default: bool = True) -> str:
-        pm = self.client.v1.payment_methods.create(
-            {"type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}
-        )
+        card = {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"}
+        pm = self.client.v1.payment_methods.create({"type": "card", "card": card})
         self.client.v1.payment_methods.attach(pm.id, {"customer": customer_id})
         if default:
             self.client.v1.customers.update(
@@ -114,14 +113,20 @@ class Account:
 
     def customer(self, email: str = "ana@example.com", *, locale: str = "es") -> str:
         cus = self.client.v1.customers.create(
-            {"email": email, "name": "Ana", "preferred_locales": [locale], "metadata": {"timezone": "America/Bogota"}}
+            {
+                "email": email,
+                "name": "Ana",
+                "preferred_locales": [locale],
+                "metadata": {"timezone": "America/Bogota"},
+            }
         )
         return str(cus.id)
 
     def price(self, amount: int = 4900) -> str:
         product = self.client.v1.products.create({"name": "Pro"})
         plan = self.client.v1.plans.create(
-            {"amount": amount, "currency": "usd", "interval": "month", "product": product.id, "nickname": "Pro"}
+            {"amount": amount, "currency": "usd", "interval": "month", "product": product.id,
+             "nickname": "Pro"}
         )
         return str(plan.id)
 
@@ -140,7 +145,9 @@ def account(stripe_client: stripe.StripeClient) -> Account:
     return Account(stripe_client)
 
 
-def signed(payload: dict[str, Any] | str, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> tuple[str, dict[str, str]]:
+def signed(
+    payload: dict[str, Any] | str, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None
+) -> tuple[str, dict[str, str]]:
     """A body and its ``Stripe-Signature`` header, made with the SDK's signing scheme."""
     body = payload if isinstance(payload, str) else json.dumps(payload)
     header = stripe.WebhookSignature.generate_signature_header(body, secret, timestamp)

@@ -13,20 +13,17 @@ from typing import Any
 
 import pytest
 import stripe
+import stripe_support
 from conftest import Db, EngineFactory
 from fastapi.testclient import TestClient
-from stripe_support import (  # noqa: F401 - fixtures
+from stripe_support import (
     CARD_DECLINED_ON_CHARGE,
     CARD_NEEDS_AUTHENTICATION,
     CARD_OK,
     WEBHOOK_SECRET,
     Account,
-    account,
-    localstripe_url,
     settings_for,
     signed,
-    stripe_client,
-    stripe_gateway,
 )
 
 from recobra.domain.model import Funding
@@ -39,6 +36,11 @@ from recobra.stripe.config import StripeSettings
 from recobra.stripe.gateway import StripeGateway
 from recobra.web.app import create_app
 from recobra.web.services import Services
+
+# The fake Stripe's fixtures, by name (pytest finds fixtures in the test module).
+localstripe_url = stripe_support.localstripe_url
+stripe_client = stripe_support.stripe_client
+account = stripe_support.account
 
 LINK_SECRET = "s" * 40
 PUBLIC = "https://pay.example.com"
@@ -56,7 +58,9 @@ class StripeApp:
         body, headers = signed(event, **kwargs)
         return self.client.post("/webhooks/stripe", content=body, headers=headers)
 
-    def event(self, kind: str, obj: dict[str, Any], *, created: int | None = None, eid: str | None = None) -> dict[str, Any]:
+    def event(
+        self, kind: str, obj: dict[str, Any], *, created: int | None = None, eid: str | None = None
+    ) -> dict[str, Any]:
         return {
             "id": eid or f"evt_{kind.replace('.', '_')}_{obj['id']}_{created or ''}",
             "object": "event",
@@ -121,7 +125,10 @@ def test_a_declining_card_opens_a_case_and_a_new_card_recovers_it(app: StripeApp
     # Stripe's element; here confirmed with the SDK, as Stripe.js would).
     new_card = app.account.card(customer, CARD_OK, default=False)
     intent = app.account.client.v1.setup_intents.create(
-        {"customer": customer, "metadata": {"recobra_case": case["id"], "recobra_subscription": invoice["subscription"]}}
+        {
+            "customer": customer,
+            "metadata": {"recobra_case": case["id"], "recobra_subscription": invoice["subscription"]},
+        }
     )
     confirmed = app.account.client.v1.setup_intents.confirm(intent.id, {"payment_method": new_card}).to_dict()
     assert confirmed["status"] == "succeeded"
@@ -136,7 +143,10 @@ def test_a_declining_card_opens_a_case_and_a_new_card_recovers_it(app: StripeApp
     cus = app.account.client.v1.customers.retrieve(customer)
     assert cus.invoice_settings.default_payment_method == new_card
     attempts = app.db.attempts(case["id"])
-    assert [(a["trigger"], a["status"]) for a in attempts] == [("billing", "failed"), ("payment_method", "succeeded")]
+    assert [(a["trigger"], a["status"]) for a in attempts] == [
+        ("billing", "failed"),
+        ("payment_method", "succeeded"),
+    ]
     app.db.check_case(case["id"])
 
 
