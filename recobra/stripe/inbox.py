@@ -75,7 +75,7 @@ def setup_event_id(setup_intent_id: str) -> str:
     return f"stripe:setup_intent:{setup_intent_id}"
 
 
-def _dict(obj: Any) -> dict[str, Any]:
+def as_dict(obj: Any) -> dict[str, Any]:
     if isinstance(obj, stripe.StripeObject):
         return obj.to_dict()
     return dict(obj or {})
@@ -250,7 +250,7 @@ class EventProcessor:
         at = mapping.timestamp(event.get("created"), "event.created")
         match kind:
             case "invoice.payment_failed":
-                return [self._payment_failed(event_id, at, obj)]
+                return [self.payment_failed(event_id, at, obj)]
             case "invoice.paid" | "invoice.payment_succeeded":
                 pi = mapping.invoice_payment_intent_id(obj)
                 return [PaymentSucceeded(event_id, at, str(obj["id"]), gateway_reference=pi)]
@@ -261,12 +261,12 @@ class EventProcessor:
                 sub_id = mapping.invoice_subscription_id(obj)
                 if not sub_id:
                     raise Skip("an upcoming invoice without a subscription")
-                sub = _dict(self.client.v1.subscriptions.retrieve(sub_id))
-                return [self._subscription_updated(event_id, at, sub)]
+                sub = as_dict(self.client.v1.subscriptions.retrieve(sub_id))
+                return [self.subscription_updated(event_id, at, sub)]
             case "customer.subscription.updated":
                 if obj.get("status") in ("canceled", "incomplete_expired"):
                     return [self._canceled(event_id, at, obj)]
-                return [self._subscription_updated(event_id, at, obj)]
+                return [self.subscription_updated(event_id, at, obj)]
             case "customer.subscription.deleted":
                 return [self._canceled(event_id, at, obj)]
             case "payment_method.attached" | "payment_method.updated":
@@ -283,14 +283,14 @@ class EventProcessor:
                 raise Skip(f"{kind}: not an event Recobra acts on")
 
     def _customer(self, customer_id: str, *, invoice: Mapping[str, Any] | None = None) -> Any:
-        cus = _dict(self.client.v1.customers.retrieve(customer_id))
+        cus = as_dict(self.client.v1.customers.retrieve(customer_id))
         if cus.get("deleted"):
             raise Skip(f"customer {customer_id} was deleted")
         fallback = invoice.get("customer_email") if invoice else None
         return mapping.customer(cus, fallback_email=fallback), cus
 
-    def _payment_failed(self, event_id: str, at: datetime, snapshot: dict[str, Any]) -> PaymentFailed:
-        invoice = _dict(self.client.v1.invoices.retrieve(str(snapshot["id"])))
+    def payment_failed(self, event_id: str, at: datetime, snapshot: dict[str, Any]) -> PaymentFailed:
+        invoice = as_dict(self.client.v1.invoices.retrieve(str(snapshot["id"])))
         if invoice.get("status") != "open":
             raise Skip(f"the invoice is {invoice.get('status')} now: nothing to recover")
         if (invoice.get("metadata") or {}).get("recobra_attempt"):
@@ -302,15 +302,15 @@ class EventProcessor:
         sub = None
         sub_id = mapping.invoice_subscription_id(invoice)
         if sub_id:
-            sub = mapping.subscription(_dict(self.client.v1.subscriptions.retrieve(sub_id)))
+            sub = mapping.subscription(as_dict(self.client.v1.subscriptions.retrieve(sub_id)))
         pi_id = mapping.invoice_payment_intent_id(invoice)
         if not pi_id and "payment_intent" not in invoice:
             listed = self.client.v1.invoice_payments.list({"invoice": str(invoice["id"])})
-            pi_id = mapping.invoice_payment_intent_id({"payments": _dict(listed)})
+            pi_id = mapping.invoice_payment_intent_id({"payments": as_dict(listed)})
         pi: dict[str, Any] = {}
         charge: dict[str, Any] = {}
         if pi_id:
-            pi = _dict(self.client.v1.payment_intents.retrieve(pi_id, {"expand": ["latest_charge"]}))
+            pi = as_dict(self.client.v1.payment_intents.retrieve(pi_id, {"expand": ["latest_charge"]}))
             latest = pi.get("latest_charge")
             charge = dict(latest) if isinstance(latest, Mapping) else {}
         codes = mapping.decline_codes(error=pi.get("last_payment_error"), charge=charge)
@@ -341,7 +341,7 @@ class EventProcessor:
             or mapping.ref(invoice.get("default_payment_method"))
         )
         if token and token.startswith("pm_"):
-            pm = _dict(self.client.v1.payment_methods.retrieve(token))
+            pm = as_dict(self.client.v1.payment_methods.retrieve(token))
             return mapping.payment_method(pm, customer_id=customer_id)
         if charge:
             return mapping.payment_method_from_charge(charge, customer_id)
@@ -356,10 +356,10 @@ class EventProcessor:
         )
         if not token:
             return None
-        pm = _dict(self.client.v1.payment_methods.retrieve(token))
+        pm = as_dict(self.client.v1.payment_methods.retrieve(token))
         return mapping.payment_method(pm, customer_id=str(cus["id"]))
 
-    def _subscription_updated(
+    def subscription_updated(
         self, event_id: str, at: datetime, sub: Mapping[str, Any]
     ) -> SubscriptionUpdated:
         customer, cus = self._customer(str(mapping.ref(sub.get("customer"))))
@@ -381,7 +381,7 @@ class EventProcessor:
         if card_updater:
             default = True  # the card updater's new details: retry at once
         else:
-            cus = _dict(self.client.v1.customers.retrieve(customer_id))
+            cus = as_dict(self.client.v1.customers.retrieve(customer_id))
             settings = cus.get("invoice_settings") or {}
             default = mapping.ref(settings.get("default_payment_method")) == pm.get("id")
         method = mapping.payment_method(pm, customer_id=customer_id, is_default=default)
@@ -402,7 +402,7 @@ class EventProcessor:
         subs = self.client.v1.subscriptions.list({"customer": customer_id})
         commands: list[Command] = []
         for sub in subs.auto_paging_iter():
-            data = _dict(sub)
+            data = as_dict(sub)
             if data.get("status") not in ("active", "trialing", "past_due"):
                 continue
             commands.append(
@@ -439,13 +439,23 @@ class EventProcessor:
         sub_id = (setup_intent.get("metadata") or {}).get("recobra_subscription")
         if self.settings.mode is Mode.BILLING and sub_id:
             # A subscription's own default method outranks the customer's: move it too.
-            sub = _dict(self.client.v1.subscriptions.retrieve(sub_id))
+            sub = as_dict(self.client.v1.subscriptions.retrieve(sub_id))
             if mapping.ref(sub.get("default_payment_method")) not in (None, pm_id):
                 self.client.v1.subscriptions.update(
                     sub_id, {"default_payment_method": pm_id}, {"idempotency_key": f"{key}:subscription"}
                 )
-        pm = _dict(self.client.v1.payment_methods.retrieve(pm_id))
+        pm = as_dict(self.client.v1.payment_methods.retrieve(pm_id))
         method = mapping.payment_method(pm, customer_id=customer_id, is_default=True)
         if method is None:
             raise Skip("not a card")
         return PaymentMethodUpdated(setup_event_id(str(setup_intent["id"])), at, method)
+
+
+def process_pending(engine: Engine, now: datetime) -> ProcessReport:
+    """The worker loop's share: pending Stripe events, when the gateway is Stripe's."""
+    from recobra.stripe.gateway import StripeGateway  # noqa: PLC0415 - the gateway imports this module's users
+
+    gateway = engine.gateway
+    if not isinstance(gateway, StripeGateway):
+        return ProcessReport()
+    return EventProcessor(engine, gateway.settings, gateway.client).process_pending(now)
