@@ -56,7 +56,8 @@ def test_an_account_comes_in_once(
 ) -> None:
     report = _import(engine_factory, localstripe_url).run()
 
-    assert (report.customers, report.payment_methods, report.subscriptions, report.cases_opened) == (3, 3, 3, 1)
+    counts = (report.customers, report.payment_methods, report.subscriptions, report.cases_opened)
+    assert counts == (3, 3, 3, 1)
     (skipped,) = report.skipped
     assert skipped.startswith("customer cus_")
     assert "has no email" in skipped
