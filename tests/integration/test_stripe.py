@@ -393,3 +393,90 @@ def test_the_api_version_is_the_sdk_s(stripe_client: stripe.StripeClient) -> Non
 
     assert stripe.api_version == API_VERSION
     assert WEBHOOK_SECRET.startswith("whsec_")
+
+
+# --------------------------------------------------------------------------- the hosted page
+
+
+def _link(app: StripeApp, case_id: str) -> str:
+    token = app.services.links.token("update_payment", case_id, now=datetime.now(UTC), ttl=timedelta(days=7))
+    return f"/p/update_payment/{token}"
+
+
+def _open_case(app: StripeApp) -> tuple[str, dict[str, Any], str]:
+    customer, invoice = failing_subscription(app.account)
+    app.send(app.event("invoice.payment_failed", invoice, created=invoice["created"]))
+    return customer, invoice, f"case_{invoice['id']}"
+
+
+def test_the_page_shows_stripe_s_element_and_no_card_form(app: StripeApp) -> None:
+    _customer, _invoice, case_id = _open_case(app)
+
+    answer = app.client.get(_link(app, case_id) + "?lang=en")
+
+    assert answer.status_code == 200
+    html = answer.text
+    assert '<script src="https://js.stripe.com/v3/"' in html
+    assert "pk_test_recobra" in html
+    assert 'id="payment-element"' in html
+    assert 'name="last4"' not in html
+    assert "Simulated gateway" not in html
+    csp = answer.headers["Content-Security-Policy"]
+    assert "script-src 'nonce-" in csp
+    assert "https://js.stripe.com" in csp
+    assert "frame-src https://js.stripe.com https://hooks.stripe.com" in csp
+    secret = html.split('"secret": "')[1].split('"')[0]
+    intent = app.account.client.v1.setup_intents.retrieve(secret.split("_secret_")[0])
+    assert intent.metadata["recobra_case"] == case_id
+    assert intent.customer == app.db.case(case_id)["customer_id"]
+
+
+def test_back_from_stripe_with_a_saved_card_the_payment_is_retried_at_once(app: StripeApp) -> None:
+    customer, invoice, case_id = _open_case(app)
+    link = _link(app, case_id)
+    html = app.client.get(link + "?lang=es").text
+    seti = html.split('"secret": "')[1].split("_secret_")[0]
+    # What Stripe.js does in the customer's browser: confirm the SetupIntent with the card.
+    card = app.account.card(customer, CARD_OK, default=False)
+    app.account.client.v1.setup_intents.confirm(seti, {"payment_method": card})
+
+    answer = app.client.get(f"{link}/stripe?lang=es&setup_intent={seti}&redirect_status=succeeded")
+
+    assert answer.status_code == 200
+    assert "¡Gracias, todo listo!" in answer.text
+    assert app.db.case(case_id)["status"] == "recovered"
+    assert app.account.client.v1.invoices.retrieve(invoice["id"]).status == "paid"
+    # The webhook for the same SetupIntent changes nothing more; the link is spent.
+    confirmed = app.account.client.v1.setup_intents.retrieve(seti).to_dict()
+    app.send(app.event("setup_intent.succeeded", confirmed))
+    assert [a["trigger"] for a in app.db.attempts(case_id)] == ["billing", "payment_method"]
+    assert app.client.get(link).status_code == 410
+
+
+def test_back_from_stripe_with_a_card_that_declines(app: StripeApp) -> None:
+    customer, _invoice, case_id = _open_case(app)
+    link = _link(app, case_id)
+    seti = app.client.get(link).text.split('"secret": "')[1].split("_secret_")[0]
+    card = app.account.card(customer, CARD_DECLINED_ON_CHARGE, default=False)
+    app.account.client.v1.setup_intents.confirm(seti, {"payment_method": card})
+
+    answer = app.client.get(f"{link}/stripe?setup_intent={seti}")
+
+    assert answer.status_code == 402
+    assert app.db.case(case_id)["status"] == "open"
+    assert app.client.get(link).status_code == 200  # the customer may try another card
+
+
+def test_a_setup_intent_of_someone_else_is_refused(app: StripeApp) -> None:
+    _customer, _invoice, case_id = _open_case(app)
+    stranger = app.account.customer("eve@example.com")
+    card = app.account.card(stranger, CARD_OK, default=False)
+    theirs = app.account.client.v1.setup_intents.create(
+        {"customer": stranger, "metadata": {"recobra_case": case_id}}
+    )
+    app.account.client.v1.setup_intents.confirm(theirs.id, {"payment_method": card})
+
+    answer = app.client.get(f"{_link(app, case_id)}/stripe?setup_intent={theirs.id}")
+
+    assert answer.status_code == 404
+    assert app.db.case(case_id)["status"] == "open"
