@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 import stripe
 import stripe_support
@@ -480,3 +481,34 @@ def test_a_setup_intent_of_someone_else_is_refused(app: StripeApp) -> None:
 
     assert answer.status_code == 404
     assert app.db.case(case_id)["status"] == "open"
+
+
+def test_a_payment_that_needs_3d_secure_is_authenticated_by_the_customer(app: StripeApp) -> None:
+    customer, invoice = failing_subscription(app.account, CARD_NEEDS_AUTHENTICATION)
+    app.send(app.event("invoice.payment_failed", invoice, created=invoice["created"]))
+    case_id = f"case_{invoice['id']}"
+    case = app.db.case(case_id)
+    assert case["last_category"] == "authentication_required"
+    assert case["next_action"] != "retry"  # no blind retry
+
+    link = _link(app, case_id)
+    html = app.client.get(link + "?lang=en").text
+    assert 'data-intent="authenticate"' in html
+    assert "Your bank asks you to confirm this payment" in html
+    assert 'id="payment-element"' not in html
+    secret = html.split('"secret": "')[1].split('"')[0]
+    pi = secret.split("_secret_")[0]
+    assert pi == app.account.client.v1.invoices.retrieve(invoice["id"]).payment_intent
+    # What Stripe.js does when the customer passes the bank's challenge (the fake's
+    # own endpoint for it).
+    httpx.post(
+        f"{app.gateway.settings.api_base}/v1/payment_intents/{pi}/_authenticate",
+        data={"client_secret": secret, "success": "true"},
+        headers={"Authorization": "Bearer sk_test_recobra"},
+    ).raise_for_status()
+
+    answer = app.client.get(f"{link}/stripe?lang=en&payment_intent={pi}")
+
+    assert answer.status_code == 200
+    assert "We collected $49.00" in answer.text
+    assert app.db.case(case_id)["status"] == "recovered"
