@@ -484,7 +484,7 @@ def test_a_setup_intent_of_someone_else_is_refused(app: StripeApp) -> None:
 
 
 def test_a_payment_that_needs_3d_secure_is_authenticated_by_the_customer(app: StripeApp) -> None:
-    customer, invoice = failing_subscription(app.account, CARD_NEEDS_AUTHENTICATION)
+    _customer, invoice = failing_subscription(app.account, CARD_NEEDS_AUTHENTICATION)
     app.send(app.event("invoice.payment_failed", invoice, created=invoice["created"]))
     case_id = f"case_{invoice['id']}"
     case = app.db.case(case_id)
