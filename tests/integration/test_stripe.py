@@ -35,6 +35,7 @@ from recobra.settings import Settings
 from recobra.store.sql import SqlStore
 from recobra.stripe.config import StripeSettings
 from recobra.stripe.gateway import StripeGateway
+from recobra.stripe.inbox import process_pending
 from recobra.web.app import create_app
 from recobra.web.services import Services
 
@@ -512,3 +513,71 @@ def test_a_payment_that_needs_3d_secure_is_authenticated_by_the_customer(app: St
     assert answer.status_code == 200
     assert "We collected $49.00" in answer.text
     assert app.db.case(case_id)["status"] == "recovered"
+
+
+# --------------------------------------------------------------------------- more events
+
+
+def test_an_event_whose_processing_failed_is_processed_by_the_worker(
+    app: StripeApp, store: SqlStore, engine_factory: EngineFactory, database_url: str
+) -> None:
+    _customer, invoice = failing_subscription(app.account)
+    # The service answering the webhook cannot reach Stripe right now.
+    offline = StripeGateway(StripeSettings.from_mapping(settings_for("http://127.0.0.1:9")))
+    services = Services(
+        settings=app.services.settings, store=store, engine=engine_factory(gateway=offline),
+        links=LinkSigner(LINK_SECRET, PUBLIC),
+    )
+    event = app.event("invoice.payment_failed", invoice, created=invoice["created"], eid="evt_w")
+    body, headers = signed(event)
+    with TestClient(create_app(services), base_url=PUBLIC) as client:
+        assert client.post("/webhooks/stripe", content=body, headers=headers).status_code == 200
+    row = app.inbox()["evt_w"]
+    assert row["status"] == "failed"
+    assert "APIConnectionError" in row["note"]
+    assert app.db.rows("cases") == []
+
+    report = process_pending(app.services.engine, datetime.now(UTC))
+
+    assert (report.done, report.failed) == (1, 0)
+    assert app.inbox()["evt_w"]["status"] == "done"
+    assert app.db.case(f"case_{invoice['id']}")["status"] == "open"
+
+
+def test_an_invoice_marked_uncollectible_in_stripe_writes_the_case_off(app: StripeApp) -> None:
+    _customer, invoice, case_id = _open_case(app)
+
+    app.send(app.event("invoice.marked_uncollectible", {**invoice, "status": "uncollectible"},
+                       created=invoice["created"] + 5))
+
+    case = app.db.case(case_id)
+    assert case["status"] == "written_off"
+    assert app.db.invoice(invoice["id"])["status"] == "uncollectible"
+
+
+def test_a_card_attached_but_not_default_is_stored_without_a_retry(app: StripeApp) -> None:
+    customer, _invoice, case_id = _open_case(app)
+    spare = app.account.card(customer, CARD_OK, default=False)
+    pm = app.account.client.v1.payment_methods.retrieve(spare).to_dict()
+
+    app.send(app.event("payment_method.attached", pm))
+
+    (row,) = app.db.rows("payment_methods", id=spare)
+    assert (row["last4"], row["is_default"]) == ("4242", False)
+    assert app.db.case(case_id)["status"] == "open"
+    assert len(app.db.attempts(case_id)) == 1
+
+
+def test_an_upcoming_renewal_plans_the_subscription_again(app: StripeApp) -> None:
+    customer = app.account.customer("olga@example.com", locale="en")
+    app.account.card(customer, CARD_OK)
+    sub = app.account.subscription(customer, app.account.price(12000))
+    upcoming = {"id": f"upcoming_{sub['id']}", "object": "invoice", "customer": customer,
+                "subscription": sub["id"], "amount_due": 12000, "currency": "usd"}
+
+    app.send(app.event("invoice.upcoming", upcoming))
+
+    row = app.db.subscription(sub["id"])
+    assert row["status"] == "active"
+    assert row["renews_at"] == datetime.fromtimestamp(sub["current_period_end"], UTC)
+    assert app.db.rows("customers", id=customer)[0]["email"] == "olga@example.com"
