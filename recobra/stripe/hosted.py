@@ -1,7 +1,7 @@
 """Stripe's Payment Element on the hosted update-payment page.
 
-The page asks Stripe for a SetupIntent for the case's customer (one per link: the
-link's nonce is its idempotency key, so a reload shows the same one) and renders
+The page asks Stripe for a SetupIntent for the case's customer (one per link and
+attempt, through an idempotency key, so a reload shows the same one) and renders
 Stripe's element with its client secret; card data goes from the customer's browser
 to Stripe, never to Recobra. Stripe sends the browser back to
 ``/p/update_payment/{token}/stripe?setup_intent=seti_...``; there the SetupIntent is
@@ -79,7 +79,9 @@ def element(
             metadata["recobra_subscription"] = case.subscription_id
         intent = client.v1.setup_intents.create(
             {"customer": case.customer_id, "usage": "off_session", "metadata": metadata},
-            {"idempotency_key": f"recobra:setup:{nonce}"},
+            # One per link and attempt: a reload shows the same one, and after a card
+            # that was saved then declined the next try gets a fresh SetupIntent.
+            {"idempotency_key": f"recobra:setup:{nonce}:{case.attempts}"},
         )
     except stripe.StripeError as exc:
         raise ElementUnavailable(str(exc.user_message or exc)) from exc
