@@ -301,8 +301,9 @@ class PolicyVersionRow(Base):
 class StripeEventRow(Base):
     """Stripe's webhook inbox: every verified event, stored before it is answered and
     processed from here (by the webhook right after the answer, and by the worker).
-    ``status``: ``pending``, ``done``, ``ignored`` (not our concern), ``stale`` (older
-    than what is already known of its object) or ``failed`` (retried later)."""
+    ``status``: ``pending``, ``processing``, ``done``, ``ignored`` (not our concern),
+    ``stale`` (older than what is already known of its object), ``failed`` (retried
+    later) or ``invalid`` (unusable; not retried)."""
 
     __tablename__ = "stripe_events"
     id: Mapped[str] = mapped_column(String(255), primary_key=True)

@@ -109,7 +109,8 @@ def process_events(config: ConfigOpt = None, database_url: DbOpt = None) -> None
     finally:
         engine.store.dispose()
     console.print(
-        f"done {report.done}, stale {report.stale}, ignored {report.ignored}, failed {report.failed}"
+        f"done {report.done}, stale {report.stale}, ignored {report.ignored}, failed {report.failed}, "
+        f"invalid {report.invalid}"
     )
 
 

@@ -1,5 +1,10 @@
 """Stripe's webhook inbox: verified events are stored, answered, then processed here.
 
+An event's ``status``: ``pending``, ``processing`` (claimed), ``done``, ``ignored`` (not
+Recobra's concern, or nothing to do), ``stale`` (older than what is known), ``failed``
+(Stripe unreachable: retried) or ``invalid`` (Stripe's objects lack what Recobra needs,
+such as a customer's email: not retried; the note says what).
+
 Order and repetition (Stripe delivers at least once and in no particular order,
 https://docs.stripe.com/webhooks#event-ordering):
 
@@ -195,6 +200,7 @@ class ProcessReport:
     stale: int = 0
     ignored: int = 0
     failed: int = 0
+    invalid: int = 0
 
 
 class Skip(Exception):
@@ -234,10 +240,17 @@ class EventProcessor:
         except Skip as why:
             self.inbox.finish(event.id, "ignored", str(why), now)
             return "ignored"
-        except (stripe.StripeError, ValueError) as exc:
+        except stripe.StripeError as exc:
+            # Stripe unreachable or refusing for now: the worker tries again.
             log.warning("stripe event %s failed: %s", event.id, exc)
             self.inbox.finish(event.id, "failed", f"{type(exc).__name__}: {exc}", now)
             return "failed"
+        except ValueError as exc:
+            # Stripe's objects lack what Recobra needs (a customer without an email ...):
+            # trying again cannot help; the note says what is missing.
+            log.warning("stripe event %s cannot be used: %s", event.id, exc)
+            self.inbox.finish(event.id, "invalid", str(exc), now)
+            return "invalid"
         self.inbox.finish(event.id, "done", f"{len(commands)} command(s)", now)
         return "done"
 

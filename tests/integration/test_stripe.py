@@ -581,3 +581,17 @@ def test_an_upcoming_renewal_plans_the_subscription_again(app: StripeApp) -> Non
     assert row["status"] == "active"
     assert row["renews_at"] == datetime.fromtimestamp(sub["current_period_end"], UTC)
     assert app.db.rows("customers", id=customer)[0]["email"] == "olga@example.com"
+
+
+def test_a_failure_of_a_customer_without_email_is_marked_invalid_not_retried(app: StripeApp) -> None:
+    nameless = str(app.account.client.v1.customers.create({"name": "No Mail"}).id)
+    app.account.card(nameless, CARD_DECLINED_ON_CHARGE)
+    sub = app.account.subscription(nameless, app.account.price())
+    invoice = app.account.client.v1.invoices.retrieve(sub["latest_invoice"]).to_dict()
+
+    assert app.send(app.event("invoice.payment_failed", invoice, eid="evt_nomail")).status_code == 200
+
+    row = app.inbox()["evt_nomail"]
+    assert row["status"] == "invalid"
+    assert "has no email" in row["note"]
+    assert process_pending(app.services.engine, datetime.now(UTC)).invalid == 0  # not picked up again
