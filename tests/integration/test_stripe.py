@@ -15,7 +15,7 @@ import httpx
 import pytest
 import stripe
 import stripe_support
-from conftest import Db, EngineFactory
+from conftest import TEST_POLICY, Db, EngineFactory
 from fastapi.testclient import TestClient
 from stripe_support import (
     CARD_DECLINED_ON_CHARGE,
@@ -595,3 +595,37 @@ def test_a_failure_of_a_customer_without_email_is_marked_invalid_not_retried(app
     assert row["status"] == "invalid"
     assert "has no email" in row["note"]
     assert process_pending(app.services.engine, datetime.now(UTC)).invalid == 0  # not picked up again
+
+
+EXPIRY_POLICY = TEST_POLICY + """
+[[campaigns]]
+name = "card-expiring"
+kind = "card_expiring"
+before = ["30d", "7d"]
+channels = ["email"]
+"""
+
+
+def test_an_expiring_card_plans_the_expiry_reminders(
+    app: StripeApp, engine_factory: EngineFactory
+) -> None:
+    app.services.engine = engine_factory(EXPIRY_POLICY, gateway=app.gateway)
+    customer = app.account.customer("pia@example.com")
+    app.account.card(customer, CARD_OK)
+    sub = app.account.subscription(customer, app.account.price())
+    # A legacy card source on the customer, expiring at the end of next month.
+    soon = datetime.now(UTC) + timedelta(days=40)
+    token = app.account.client.v1.tokens.create(
+        {"card": {"number": CARD_OK, "exp_month": soon.month, "exp_year": soon.year, "cvc": "123"}}
+    )
+    source = app.account.client.v1.customers.payment_sources.create(customer, {"source": token.id}).to_dict()
+
+    app.send(app.event("customer.source.expiring", source, eid="evt_expiring"))
+
+    assert app.inbox()["evt_expiring"]["status"] == "done"
+    (row,) = app.db.rows("payment_methods", id=source["id"])
+    assert (row["exp_month"], row["exp_year"]) == (soon.month, soon.year)
+    assert app.db.subscription(sub["id"])["status"] == "active"
+    reminders = app.db.rows("messages", customer_id=customer)
+    assert {m["kind"] for m in reminders} == {"card_expiring"}
+    assert len(reminders) >= 1
