@@ -130,7 +130,8 @@ class StripeGateway:
         params: dict[str, Any] = {}
         token = request.payment_method.gateway_token
         if token != self._collection_method(invoice):
-            params["payment_method"] = token
+            # Legacy cards and sources (card_..., src_...) are paid with as a source.
+            params["source" if token.startswith(("card_", "src_")) else "payment_method"] = token
         try:
             paid = _dict(invoices.pay(request.invoice_id, params or None, {"idempotency_key": key}))  # type: ignore[arg-type]
         except stripe.CardError as exc:
