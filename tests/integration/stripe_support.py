@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -153,16 +152,3 @@ def signed(
     header = stripe.WebhookSignature.generate_signature_header(body, secret, timestamp)
     return body, {"Stripe-Signature": header, "Content-Type": "application/json"}
 
-
-FIXTURES_ENV = "RECOBRA_STRIPE_FIXTURES"
-
-
-def fixtures_path() -> Path:
-    """Stripe's example objects (``fixtures3.json``): ``$RECOBRA_STRIPE_FIXTURES``, or
-    ``shared/data/stripe/`` beside the repository."""
-    import os  # noqa: PLC0415
-
-    explicit = os.environ.get(FIXTURES_ENV)
-    if explicit:
-        return Path(explicit)
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "stripe" / "fixtures3.json"
