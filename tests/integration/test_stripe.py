@@ -30,7 +30,7 @@ from stripe_support import (
 from recobra.domain.model import Funding
 from recobra.domain.money import Money
 from recobra.messages.links import LinkSigner
-from recobra.ports import CardRef, ChargeRequest, ChargeStatus
+from recobra.ports import CardRef, ChargeRequest, ChargeStatus, GatewayError
 from recobra.settings import Settings
 from recobra.store.sql import SqlStore
 from recobra.stripe.config import StripeSettings
@@ -629,3 +629,29 @@ def test_an_expiring_card_plans_the_expiry_reminders(
     reminders = app.db.rows("messages", customer_id=customer)
     assert {m["kind"] for m in reminders} == {"card_expiring"}
     assert len(reminders) >= 1
+
+
+def test_final_action_errors_say_whether_trying_again_can_help(app: StripeApp) -> None:
+    _customer, invoice = failing_subscription(app.account)
+    offline = StripeGateway(StripeSettings.from_mapping(settings_for("http://127.0.0.1:9")))
+    now = datetime.now(UTC)
+
+    with pytest.raises(GatewayError) as unreachable:
+        offline.cancel_subscription(invoice["subscription"], at=now, idempotency_key="k1")
+    assert unreachable.value.transient
+    with pytest.raises(GatewayError) as unknown:
+        app.gateway.cancel_subscription("sub_nobody", at=now, idempotency_key="k2")
+    assert not unknown.value.transient
+    assert "Stripe could not cancel the subscription" in str(unknown.value)
+
+
+def test_a_charge_stripe_cannot_answer_is_an_error_not_a_decline(app: StripeApp) -> None:
+    customer, invoice = failing_subscription(app.account)
+    offline = StripeGateway(StripeSettings.from_mapping(settings_for("http://127.0.0.1:9")))
+    request = charge_request(invoice, customer, "pm_x", key=f"recobra:case_{invoice['id']}:1")
+
+    result = offline.charge(request)
+
+    assert result.status is ChargeStatus.ERROR
+    assert "APIConnectionError" in result.message
+    assert offline.attempt_status(request.idempotency_key).status is ChargeStatus.ERROR
