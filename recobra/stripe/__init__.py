@@ -7,5 +7,6 @@ Payment Element (see docs/stripe.md).
 ``inbox``    verified webhook events, stored then processed in order
 ``webhooks`` ``POST /webhooks/stripe``
 ``importer`` ``recobra stripe import``
+``hosted``   Stripe's Payment Element on the hosted update-payment page
 ``cli``      the ``recobra stripe`` commands
 """

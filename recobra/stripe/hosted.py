@@ -113,7 +113,8 @@ def returned(
     gateway: StripeGateway, engine: Any, case: DunningCase, params: dict[str, str], now: datetime
 ) -> Returned:
     """Read the SetupIntent or PaymentIntent named in the return address from Stripe
-    and check that it belongs to this case. ``LookupError`` when it does not."""
+    and check that it belongs to this case. ``LookupError`` when it does not;
+    ``ElementUnavailable`` when Stripe cannot be reached."""
     client = gateway.client
     try:
         if params.get("setup_intent"):
@@ -145,5 +146,9 @@ def returned(
             )
             return Returned(command, "succeeded")
     except stripe.InvalidRequestError as exc:
-        raise LookupError(str(exc.user_message or exc)) from exc
+        if exc.http_status == 404:
+            raise LookupError(str(exc.user_message or exc)) from exc
+        raise ElementUnavailable(str(exc.user_message or exc)) from exc
+    except stripe.StripeError as exc:
+        raise ElementUnavailable(str(exc.user_message or exc)) from exc
     raise LookupError("no setup_intent or payment_intent in the address")

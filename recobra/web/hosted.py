@@ -356,6 +356,16 @@ def update_payment_stripe_return(
         )
     except LookupError:
         return _link_problem(request, svc, lang, "invalid", 404)
+    except stripe_hosted.ElementUnavailable:
+        return _page(
+            "notice.html.j2",
+            503,
+            **_common(request, svc, lang),
+            title=t["stripe_unavailable_title"],
+            heading=t["stripe_unavailable_title"],
+            body=t["stripe_unavailable"].format(support=svc.settings.support_email),
+            again_url=f"{request.url.path}?{request.url.query}",
+        )
     if back.command is not None:
         svc.engine.handle(back.command)
         return _result(request, svc, token, link, view, lang)

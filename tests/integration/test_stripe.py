@@ -655,3 +655,19 @@ def test_a_charge_stripe_cannot_answer_is_an_error_not_a_decline(app: StripeApp)
     assert result.status is ChargeStatus.ERROR
     assert "APIConnectionError" in result.message
     assert offline.attempt_status(request.idempotency_key).status is ChargeStatus.ERROR
+
+
+def test_the_page_says_so_when_stripe_cannot_be_reached(app: StripeApp) -> None:
+    _customer, _invoice, case_id = _open_case(app)
+    link = _link(app, case_id)
+    app.services.engine.gateway = StripeGateway(
+        StripeSettings.from_mapping({**settings_for("http://127.0.0.1:9"), "publishable_key": "pk_test_x"})
+    )
+
+    page = app.client.get(link + "?lang=en")
+    back = app.client.get(f"{link}/stripe?setup_intent=seti_123")
+
+    assert page.status_code == back.status_code == 503
+    assert "The payment form is not available right now" in page.text
+    assert "js.stripe.com" not in page.text
+    assert app.db.case(case_id)["status"] == "open"
