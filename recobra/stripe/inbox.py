@@ -180,15 +180,6 @@ class Inbox:
             ).first()
         return found is not None
 
-    def counts(self) -> dict[str, int]:
-        t = StripeEventRow
-        with self.db.connect() as conn:
-            rows = conn.execute(select(t.status, t.id))
-            out: dict[str, int] = {}
-            for status, _ in rows:
-                out[status] = out.get(status, 0) + 1
-        return out
-
 
 def _stored(row: Any) -> Stored:
     return Stored(row.id, row.type, row.object_id, row.created, row.payload, row.status, row.tries, row.note)
