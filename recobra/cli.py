@@ -27,6 +27,7 @@ from recobra.policyfile import PolicyError, load_policy_file
 from recobra.settings import Settings, SettingsError, load_settings
 from recobra.store.migrate import upgrade
 from recobra.store.sql import make_engine
+from recobra.stripe import cli as stripe_cli
 
 app = typer.Typer(
     help="Recobra: recover failed subscription payments and keep customers.",
@@ -40,6 +41,7 @@ cases_app = typer.Typer(help="Look at dunning cases.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(events_app, name="events")
 app.add_typer(cases_app, name="cases")
+app.add_typer(stripe_cli.app, name="stripe")
 
 console = Console()
 err = Console(stderr=True)
@@ -793,6 +795,10 @@ def _work_once(engine: Any, messenger: Any, relay: Any) -> None:
             )
     if relay is not None:
         relay.relay(datetime.now(UTC))
+    if engine.gateway.name == "stripe":  # webhook events not processed right after their answer
+        from recobra.stripe.inbox import process_pending  # noqa: PLC0415
+
+        process_pending(engine, datetime.now(UTC))
 
 
 def _work_loop(engine: Any, messenger: Any, relay: Any, interval: float, stopping: Any) -> None:

@@ -317,3 +317,34 @@ class PolicyVersionRow(Base):
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(128))
     activated_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class StripeEventRow(Base):
+    """Stripe's webhook inbox: every verified event, stored before it is answered and
+    processed from here (by the webhook right after the answer, and by the worker).
+    ``status``: ``pending``, ``processing``, ``done``, ``ignored`` (not our concern),
+    ``stale`` (older than what is already known of its object), ``failed`` (retried
+    later) or ``invalid`` (unusable; not retried)."""
+
+    __tablename__ = "stripe_events"
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    object_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    created: Mapped[datetime]
+    received_at: Mapped[datetime]
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    note: Mapped[str] = mapped_column(Text, default="")
+    processed_at: Mapped[datetime | None]
+
+
+class StripeImportCursorRow(Base):
+    """Where ``recobra stripe import`` got to, per resource: a rerun resumes there."""
+
+    __tablename__ = "stripe_import_cursors"
+    resource: Mapped[str] = mapped_column(String(32), primary_key=True)
+    starting_after: Mapped[str | None] = mapped_column(String(255))
+    imported: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]

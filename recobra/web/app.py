@@ -34,6 +34,7 @@ def create_app(services: Services) -> FastAPI:
 
 def _routers() -> list[Callable[[FastAPI], None]]:
     """Each concern's ``include(app)``."""
+    from recobra.stripe import webhooks as stripe_webhooks  # noqa: PLC0415
     from recobra.web import api, customer, deliveries, health, hosted, leaving, providers  # noqa: PLC0415
 
     return [
@@ -44,4 +45,5 @@ def _routers() -> list[Callable[[FastAPI], None]]:
         providers.include,
         hosted.include,
         leaving.include,
+        stripe_webhooks.include,
     ]

@@ -8,8 +8,10 @@ after a decline the customer can try another card with the same link.
 
 With the simulated gateway the form stands in for a real card widget: it asks only
 for what may be kept (network, last four digits, expiry) and lets the demo choose
-the bank's answer. A gateway with its own secure widget (Stripe's Payment Element)
-replaces the form; no card number ever reaches this server.
+the bank's answer. With the Stripe gateway, Stripe's Payment Element replaces the
+form (``recobra.stripe.hosted``): the card goes from the browser to Stripe, Stripe
+sends the customer back to ``/p/update_payment/{token}/stripe``, and the new card is
+retried at once. No card number ever reaches this server.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ _env = jinja2.Environment(
 )
 
 
-def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+
+
+def _page(name: str, status: int = 200, *, csp: str = CSP, **context: Any) -> HTMLResponse:
     html = _env.get_template(name).render(**context)
     return HTMLResponse(
         html,
@@ -53,8 +58,7 @@ def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
             "Cache-Control": "no-store",
             "Referrer-Policy": "no-referrer",  # the URL is a credential
             "X-Frame-Options": "DENY",
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-            "frame-ancestors 'none'",
+            "Content-Security-Policy": csp,
         },
     )
 
@@ -128,7 +132,7 @@ def update_payment_page(
     if isinstance(link, HTMLResponse):
         return link
     view = _case_view(svc, link)
-    return _render_update(request, svc, token, view, form={}, errors={})
+    return _render_update(request, svc, token, view, form={}, errors={}, link=link)
 
 
 def _render_update(
@@ -140,6 +144,7 @@ def _render_update(
     form: dict[str, str],
     errors: dict[str, str],
     status: int = 200,
+    link: SignedLink | None = None,
 ) -> HTMLResponse:
     customer_locale = view["bundle"].customer.locale if view else None
     lang = _lang(request, customer_locale)
@@ -161,9 +166,36 @@ def _render_update(
             again_url=None,
         )
     locale = f"{lang}_{customer.country}"
+    stripe_page: dict[str, Any] = {"stripe": None}
+    csp = CSP
+    if svc.engine.gateway.name == "stripe" and link is not None:
+        from recobra.stripe import hosted as stripe_hosted  # noqa: PLC0415 - the SDK loads only for Stripe
+
+        nonce = secrets.token_urlsafe(16)
+        try:
+            element = stripe_hosted.element(
+                svc.engine.gateway,  # type: ignore[arg-type]
+                case,
+                nonce=link.nonce,
+                return_url=f"{svc.settings.public_url.rstrip('/')}/p/update_payment/{token}/stripe?lang={lang}",
+            )
+        except stripe_hosted.ElementUnavailable:
+            return _page(
+                "notice.html.j2",
+                503,
+                **common,
+                title=t["stripe_unavailable_title"],
+                heading=t["stripe_unavailable_title"],
+                body=t["stripe_unavailable"].format(support=svc.settings.support_email),
+                again_url=f"/p/update_payment/{token}?lang={lang}",
+            )
+        stripe_page = {"stripe": element, "nonce": nonce, "stripe_locale": lang}
+        csp = stripe_hosted.content_security_policy(nonce)
     return _page(
         "update_payment.html.j2",
         status,
+        csp=csp,
+        **stripe_page,
         **common,
         title=t["title_update"],
         amount=_amount(case.amount, locale, lang),
@@ -229,6 +261,9 @@ def update_payment_submit(
     }
     if view is None or view["used"] or not view["bundle"].case.is_active:
         return _render_update(request, svc, token, view, form=form, errors={})
+    if svc.engine.gateway.name == "stripe":
+        # Cards are entered in Stripe's element, never posted here.
+        return _render_update(request, svc, token, view, form={}, errors={}, link=link)
     bundle = view["bundle"]
     lang = _lang(request, bundle.customer.locale)
     t = TEXT[lang]
@@ -259,6 +294,17 @@ def update_payment_submit(
     )
     # The engine retries every open case of the customer at once with the new card.
     svc.engine.handle(PaymentMethodUpdated(f"hosted:{reference}", now, method))
+    return _result(request, svc, token, link, view, lang)
+
+
+def _result(
+    request: Request, svc: Services, token: str, link: SignedLink, view: dict[str, Any], lang: str
+) -> HTMLResponse:
+    """The page after a new card was retried: paid (the link is spent) or declined."""
+    bundle = view["bundle"]
+    case = bundle.case
+    t = TEXT[lang]
+    now = svc.now()
     with svc.store.unit_of_work() as uow:
         after = uow.load_bundles([case.id], now)[0].case
         if after.status is CaseStatus.RECOVERED:
@@ -282,6 +328,55 @@ def update_payment_submit(
         title=t["declined_title"],
         heading=t["declined_title"],
         body=t["declined"].format(reason=describe_decline(after.last_decline.category, lang)),
+        again_url=f"/p/update_payment/{token}?lang={lang}",
+    )
+
+
+@router.get("/p/update_payment/{token}/stripe")
+def update_payment_stripe_return(
+    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+) -> HTMLResponse:
+    """Where Stripe sends the customer back after the element confirmed (or failed)."""
+    link = _verify(request, svc, token)
+    if isinstance(link, HTMLResponse):
+        return link
+    view = _case_view(svc, link)
+    stripe_gateway = svc.engine.gateway.name == "stripe"
+    if not stripe_gateway or view is None or view["used"] or not view["bundle"].case.is_active:
+        return _render_update(request, svc, token, view, form={}, errors={}, link=link)
+    from recobra.stripe import hosted as stripe_hosted  # noqa: PLC0415
+
+    bundle = view["bundle"]
+    lang = _lang(request, bundle.customer.locale)
+    t = TEXT[lang]
+    params = {k: v for k, v in request.query_params.items() if k in ("setup_intent", "payment_intent")}
+    try:
+        back = stripe_hosted.returned(
+            svc.engine.gateway, svc.engine, bundle.case, params, svc.now()  # type: ignore[arg-type]
+        )
+    except LookupError:
+        return _link_problem(request, svc, lang, "invalid", 404)
+    except stripe_hosted.ElementUnavailable:
+        return _page(
+            "notice.html.j2",
+            503,
+            **_common(request, svc, lang),
+            title=t["stripe_unavailable_title"],
+            heading=t["stripe_unavailable_title"],
+            body=t["stripe_unavailable"].format(support=svc.settings.support_email),
+            again_url=f"{request.url.path}?{request.url.query}",
+        )
+    if back.command is not None:
+        svc.engine.handle(back.command)
+        return _result(request, svc, token, link, view, lang)
+    kind = "stripe_processing" if back.state == "processing" else "stripe_failed"
+    return _page(
+        "notice.html.j2",
+        202 if back.state == "processing" else 402,
+        **_common(request, svc, lang),
+        title=t[f"{kind}_title"],
+        heading=t[f"{kind}_title"],
+        body=t[kind],
         again_url=f"/p/update_payment/{token}?lang={lang}",
     )
 

@@ -20,6 +20,19 @@ TEXT: dict[str, dict[str, str]] = {
         "sim_declined": "The bank declines (insufficient funds)",
         "submit": "Save card and pay",
         "no_card_numbers": "We never see or store your full card number.",
+        "stripe_intro": "Enter your new card below. It goes straight to Stripe, our payment processor; "
+        "we try the payment again as soon as it is saved.",
+        "authenticate_intro": "Your bank asks you to confirm this payment (3-D Secure). Confirm it below "
+        "and you are done.",
+        "authenticate": "Confirm the payment",
+        "needs_js": "This form needs JavaScript: it loads Stripe's secure card field.",
+        "stripe_unavailable_title": "The payment form is not available right now",
+        "stripe_unavailable": "We could not reach our payment processor. Please try again in a few "
+        "minutes, or write to {support}.",
+        "stripe_processing_title": "Your bank is still confirming the card",
+        "stripe_processing": "This can take a minute. Open the link again shortly to see the result.",
+        "stripe_failed_title": "The card was not saved",
+        "stripe_failed": "Your bank did not confirm the card. You can try again or use another card.",
         "recovered_title": "Thank you, you're all set",
         "recovered": "We collected {amount}. Your subscription to {plan} continues as before.",
         "declined_title": "That card did not work either",
@@ -64,6 +77,20 @@ TEXT: dict[str, dict[str, str]] = {
         "sim_declined": "El banco rechaza (fondos insuficientes)",
         "submit": "Guardar tarjeta y pagar",
         "no_card_numbers": "Nunca vemos ni guardamos el número completo de tu tarjeta.",
+        "stripe_intro": "Ingresa tu nueva tarjeta abajo. Va directamente a Stripe, nuestro procesador de "
+        "pagos; volvemos a intentar el cobro en cuanto quede guardada.",
+        "authenticate_intro": "Tu banco pide que confirmes este pago (3-D Secure). Confírmalo abajo y "
+        "listo.",
+        "authenticate": "Confirmar el pago",
+        "needs_js": "Este formulario necesita JavaScript: carga el campo seguro de tarjeta de Stripe.",
+        "stripe_unavailable_title": "El formulario de pago no está disponible ahora",
+        "stripe_unavailable": "No pudimos comunicarnos con nuestro procesador de pagos. Inténtalo de nuevo "
+        "en unos minutos o escríbenos a {support}.",
+        "stripe_processing_title": "Tu banco todavía está confirmando la tarjeta",
+        "stripe_processing": "Puede tardar un minuto. Abre el enlace de nuevo en un momento para ver el "
+        "resultado.",
+        "stripe_failed_title": "La tarjeta no se guardó",
+        "stripe_failed": "Tu banco no confirmó la tarjeta. Puedes intentarlo de nuevo o usar otra tarjeta.",
         "recovered_title": "¡Gracias, todo listo!",
         "recovered": "Cobramos {amount}. Tu suscripción a {plan} sigue como siempre.",
         "declined_title": "Esa tarjeta tampoco funcionó",

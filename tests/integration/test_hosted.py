@@ -191,3 +191,11 @@ def test_one_click_unsubscribe_stops_reminders_but_not_confirmations(page: Page)
     assert tampered.status_code == 404
     wrong = page.services.links.token("update_payment", "cus_1", now=page.now, ttl=timedelta(days=1))
     assert page.client.post(f"/p/unsubscribe/{wrong}").status_code == 404
+
+
+def test_with_the_simulated_gateway_the_page_loads_no_outside_script(page: Page) -> None:
+    answer = page.client.get(page.link())
+    assert answer.status_code == 200
+    assert "<script" not in answer.text
+    assert "js.stripe.com" not in answer.headers["Content-Security-Policy"]
+    assert 'name="last4"' in answer.text

@@ -96,7 +96,7 @@ def _with_entry_points(monkeypatch: pytest.MonkeyPatch, *points: EntryPoint) -> 
 @pytest.mark.usefixtures("fake_module_path")
 def test_a_plugin_entry_point_loads_like_the_builtin_one(monkeypatch: pytest.MonkeyPatch) -> None:
     _with_entry_points(monkeypatch, EntryPoint("memory", f"{FAKE}:make", ENTRY_POINT_GROUP))
-    assert available_gateways() == ["memory", "simulated"]
+    assert available_gateways() == ["memory", "simulated", "stripe"]
     gateway = load_gateway("memory", {"currency": "USD"})
     assert gateway.name == "memory"
     assert gateway.charge(_request(currency="USD")).status is ChargeStatus.SUCCEEDED
