@@ -15,16 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Row, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Row, Table, func, insert, select, text, update
 
 from recobra.store.tables import PolicyVersionRow
 
 MAX_CREATED_BY = 128
 ACTIVATION_STEP = timedelta(microseconds=1)
 
-_t = PolicyVersionRow.__table__
+_t = cast(Table, PolicyVersionRow.__table__)
 
 
 @dataclass(frozen=True, slots=True)
