@@ -835,6 +835,86 @@ def api_keys_revoke(
     console.print(f"{key_id} ({before.name!r}) revoked")
 
 
+# ---------------------------------------------------------------- admin users
+
+admin_users_app = typer.Typer(
+    help="People who sign in to the dashboard (/admin); passwords stored as argon2id hashes.",
+    no_args_is_help=True,
+)
+app.add_typer(admin_users_app, name="admin-users")
+
+
+@admin_users_app.command("create")
+def admin_users_create(
+    email: Annotated[str, typer.Argument(help="The user's email (their sign-in name)")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input (one line)")
+    ] = False,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Create a dashboard user; the password is asked for twice (or read from stdin)."""
+    from recobra.store.admins import MIN_PASSWORD, create_admin  # noqa: PLC0415
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt(
+            f"Password (at least {MIN_PASSWORD} characters)", hide_input=True, confirmation_prompt=True
+        )
+    with _opened_store(config, database_url) as store:
+        try:
+            user = create_admin(store.engine, email, password, datetime.now(UTC))
+        except ValueError as exc:
+            raise fail(str(exc), 1) from None
+    console.print(f"user {user.email} created ({user.id}): sign in at /admin", highlight=False)
+
+
+@admin_users_app.command("list")
+def admin_users_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
+    """Every dashboard user with their last sign-in and status."""
+    from recobra.store.admins import list_admins  # noqa: PLC0415
+
+    with _opened_store(config, database_url) as store:
+        users = list_admins(store.engine)
+    if not users:
+        console.print("no users yet: create one with `recobra admin-users create EMAIL`")
+        return
+    t = Table()
+    t.add_column("email", no_wrap=True)
+    for col in ("id", "created (UTC)", "last sign-in (UTC)", "status"):
+        t.add_column(col)
+    for u in users:
+        t.add_row(
+            u.email,
+            u.id,
+            f"{u.created_at:%Y-%m-%d %H:%M}",
+            f"{u.last_login_at:%Y-%m-%d %H:%M}" if u.last_login_at else "never",
+            f"disabled {u.disabled_at:%Y-%m-%d %H:%M}" if u.disabled_at else "active",
+        )
+    console.print(t)
+
+
+@admin_users_app.command("disable")
+def admin_users_disable(
+    email: Annotated[str, typer.Argument(help="The user's email")],
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Disable a user: sign-in is refused and open sessions end on their next request."""
+    from recobra.store.admins import disable_admin, find_admin  # noqa: PLC0415
+
+    with _opened_store(config, database_url) as store:
+        before = find_admin(store.engine, email)
+        if before is None:
+            raise fail(f"no user {email.strip()!r} (see `recobra admin-users list`)", 1)
+        if before.disabled_at is not None:
+            console.print(f"{before.email} was already disabled on {before.disabled_at:%Y-%m-%d %H:%M} UTC")
+            return
+        disable_admin(store.engine, email, datetime.now(UTC))
+    console.print(f"{before.email} disabled", highlight=False)
+
+
 def main() -> None:
     os.environ.setdefault("COLUMNS", os.environ.get("COLUMNS", "120"))
     app()

@@ -296,3 +296,17 @@ class PolicyVersionRow(Base):
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(128))
     activated_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class AdminUserRow(Base):
+    """A person who signs in to the dashboard. ``password_hash`` is an argon2id hash
+    (PHC string); ``email`` is kept lower-case. A disabled user (``disabled_at``) can no
+    longer sign in, and sessions already open stop working on their next request."""
+
+    __tablename__ = "admin_users"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+    last_login_at: Mapped[datetime | None]
