@@ -569,6 +569,10 @@ class Engine:
                 bundle.card_history,
                 now,
             )
+            if case.next_action is NextAction.RETRY and case.next_action_at and case.next_action_at < now:
+                reason = f"Retry now: its time ({case.next_action_at:%Y-%m-%d %H:%M} UTC) passed while paused"
+                case.schedule(NextAction.RETRY, now, reason)
+                case.record(now, EventKind.RETRY_SCHEDULED, reason, retry_at=now.isoformat())
 
         now = require_aware("now", now).astimezone(UTC)
         return self._operate(case_id, now, operator, change)

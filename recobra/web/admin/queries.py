@@ -318,7 +318,7 @@ def survey_reasons(session: Session, start: datetime) -> dict[str, int]:
         .group_by(ExitSurveyRow.reason)
         .order_by(func.count().desc(), ExitSurveyRow.reason)
     )
-    return dict(rows)
+    return {str(key): int(count) for key, count in rows.all()}
 
 
 def survey_outcomes(session: Session, start: datetime) -> dict[str, int]:
@@ -327,7 +327,7 @@ def survey_outcomes(session: Session, start: datetime) -> dict[str, int]:
         .where(ExitSurveyRow.created_at >= start)
         .group_by(ExitSurveyRow.outcome)
     )
-    return dict(rows)
+    return {str(key): int(count) for key, count in rows.all()}
 
 
 def survey_comments(session: Session, start: datetime, *, limit: int = 200) -> list[ExitSurveyRow]:
