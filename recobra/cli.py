@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -483,8 +483,14 @@ def demo(
     customers: Annotated[int, typer.Option(min=1)] = 1000,
     days: Annotated[int, typer.Option(min=1)] = 120,
     seed: int = 7,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve the dashboard on the demo's data afterwards")
+    ] = True,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port of the dashboard (on 127.0.0.1)")] = 8000,
 ) -> None:
-    """The one-command tour: a fresh SQLite database, a seeded business, a few months, the report."""
+    """The one-command tour: a fresh SQLite database, a seeded business, the months up to
+    today, the report; then the dashboard on that data until Ctrl-C (``--no-serve``: the
+    report alone)."""
     directory.mkdir(parents=True, exist_ok=True)
     db_file = directory / "recobra.db"
     for suffix in ("", "-wal", "-shm"):
@@ -506,7 +512,8 @@ def demo(
         gateway="simulated",
         gateway_settings={},
         database_url=url,
-        start=datetime(2026, 1, 1, tzinfo=UTC),
+        # The business's last day is today, so the dashboard's "last 30 days" show it.
+        start=datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days),
         resolution_minutes=30,
         show_progress=True,
         messages_dir=directory / "messages",
@@ -524,6 +531,56 @@ def demo(
         "  recobra simulate --customers 5000 --days 365 --policy my-policy.toml   # try your own policy"
     )
     console.print("  recobra simulate --json ...                        # the same report as JSON")
+    if serve:
+        _serve_demo_dashboard(url, seed, port)
+
+
+DEMO_USER = "demo@example.com"
+
+
+def _serve_demo_dashboard(url: str, seed: int, port: int) -> None:
+    """The dashboard on the demo's database, for a demo user with a fresh random password
+    (printed once), on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    import secrets  # noqa: PLC0415
+
+    import uvicorn  # noqa: PLC0415
+
+    from recobra.store.admins import create_admin  # noqa: PLC0415
+    from recobra.web.app import create_app  # noqa: PLC0415
+    from recobra.web.services import Services  # noqa: PLC0415
+
+    base = f"http://127.0.0.1:{port}"
+    settings = Settings(
+        database_url=url,
+        gateway_settings={"seed": str(seed)},
+        link_secret=secrets.token_hex(32),  # this run's links and sessions only
+        public_url=base,
+        company_name="Recobra demo",
+    )
+    services = Services.from_settings(settings)
+    password = secrets.token_urlsafe(12)
+    create_admin(services.store.engine, DEMO_USER, password, datetime.now(UTC))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
+    )
+    console.rule("[bold]The dashboard")
+    print(f"Dashboard: {base}/admin", flush=True)
+    print(f"Sign in as {DEMO_USER} with the password {password}", flush=True)
+    print("(Ctrl-C stops it; `recobra demo --no-serve` prints the report alone.)", flush=True)
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        # uvicorn shuts down on SIGTERM/SIGINT, then raises the signal again for the
+        # handler it found: this one, so the demo ends normally.
+        pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.run()
+    finally:
+        services.close()
+    if not server.started:
+        raise fail(f"could not serve the dashboard on {base} (is the port in use? try --port)", 1)
 
 
 # ---------------------------------------------------------------- cases
