@@ -46,6 +46,13 @@ _COMMON = {
 _SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.DOTALL)
 
 
+def _counts_axis(values: Sequence[int]) -> list[int]:
+    """Whole numbers on a count axis (never 0.2 of a case), at most about 8 of them."""
+    top = max([*values, 1])
+    step = max(1, -(-top // 8))
+    return list(range(0, top + step, step))
+
+
 def _svg(chart: pygal.Graph, title: str) -> Markup:
     # pygal always embeds its configuration for the tooltips script in a <script>;
     # with no script loaded it does nothing, and the CSP forbids it anyway: dropped.
@@ -65,6 +72,7 @@ def recovery_over_time(labels: Sequence[str], recovered: Sequence[int], lost: Se
         x_labels_major_every=max(1, len(labels) // 8),
     )
     chart.x_labels = list(labels)
+    chart.y_labels = _counts_axis([*recovered, *lost])
     chart.add("Recovered", list(recovered))
     chart.add("Lost", list(lost))
     return _svg(chart, title)
@@ -81,6 +89,7 @@ def outcomes_by_category(counts: Mapping[str, Mapping[str, int]]) -> Markup:
         **{**_COMMON, "height": max(240, 70 + 40 * len(categories))}, title=title
     )
     chart.x_labels = [c.replace("_", " ") for c in categories]
+    chart.y_labels = _counts_axis([sum(counts[c].values()) for c in categories])
     for outcome in OUTCOMES:
         values = [counts[c].get(outcome, 0) for c in categories]
         if any(values):
@@ -95,5 +104,6 @@ def reasons(counts: Mapping[str, int]) -> Markup:
         **{**_COMMON, "height": max(220, 70 + 40 * len(counts)), "show_legend": False}, title=title
     )
     chart.x_labels = [r.replace("_", " ") for r in counts]
+    chart.y_labels = _counts_axis(list(counts.values()))
     chart.add("answers", list(counts.values()))
     return _svg(chart, title)

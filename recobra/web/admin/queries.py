@@ -219,7 +219,7 @@ def timeline(session: Session, case_id: str) -> list[TimelineItem]:
         items.append((a.at, 0, a.id, TimelineItem(a.at, "attempt", label, detail, a.status)))
     for m in session.scalars(select(MessageRow).where(MessageRow.case_id == case_id)):
         at = m.sent_at or m.due_at or m.created_at
-        times = [f"queued {m.created_at:%Y-%m-%d %H:%M}"]
+        times = []
         if m.due_at:
             times.append(f"due {m.due_at:%Y-%m-%d %H:%M}")
         if m.sent_at:
