@@ -65,7 +65,7 @@ class Settings(BaseModel):
     max_messages_per_week: int = Field(default=5, ge=1)
 
     # The dashboard and abuse limits (docs/dashboard.md)
-    session_secret: str | None = None
+    session_secret: str | None = Field(default=None, min_length=32)
     """Signs dashboard sessions (32+ characters; RECOBRA_SESSION_SECRET). When unset, a
     key derived from ``link_secret`` is used (one secret less to manage; set this one
     to rotate either without logging everybody out or breaking links)."""

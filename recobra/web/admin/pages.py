@@ -130,7 +130,7 @@ WHY = {
 
 def _safe_next(value: str | None) -> str:
     """Only a path inside the dashboard (no open redirect to another site)."""
-    if value and value.startswith("/admin") and not value.startswith("//") and "\\" not in value:
+    if value and (value == "/admin" or value.startswith(("/admin/", "/admin?"))) and "\\" not in value:
         return value
     return "/admin"
 

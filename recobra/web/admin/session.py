@@ -27,7 +27,7 @@ from fastapi import Depends, Request
 from fastapi.responses import Response
 from itsdangerous import BadData, URLSafeSerializer
 
-from recobra.settings import Settings
+from recobra.settings import Settings, SettingsError
 from recobra.store.admins import AdminUser, get_admin
 from recobra.web.services import Services, get_services
 
@@ -42,11 +42,9 @@ def session_secret(settings: Settings) -> str:
     """``session_secret``, or a key derived from ``link_secret`` (HMAC with a label of
     its own, so a session never verifies as a link or the other way round)."""
     if settings.session_secret:
-        if len(settings.session_secret) < 32:
-            raise ValueError("session_secret (RECOBRA_SESSION_SECRET): at least 32 characters")
-        return settings.session_secret
+        return settings.session_secret  # its length is checked with the settings
     if not settings.link_secret:
-        raise ValueError("the dashboard needs RECOBRA_SESSION_SECRET or RECOBRA_LINK_SECRET")
+        raise SettingsError("the dashboard needs RECOBRA_SESSION_SECRET or RECOBRA_LINK_SECRET")
     return hmac.new(
         settings.link_secret.encode("utf-8"), b"recobra.admin.session.v1", hashlib.sha256
     ).hexdigest()
