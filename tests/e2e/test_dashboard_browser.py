@@ -203,6 +203,8 @@ def test_an_operator_goes_through_every_page(served: tuple[str, Services]) -> No
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             tab = browser.new_page(viewport={"width": 1280, "height": 900})
+            console_errors: list[str] = []  # a CSP violation (an inline script, say) shows here
+            tab.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
             tab.goto(f"{base}/admin/login")
             shot(tab, "login")
             sign_in(tab, base)  # lands on the page first asked for
@@ -222,5 +224,7 @@ def test_an_operator_goes_through_every_page(served: tuple[str, Services]) -> No
             expect(tab.locator("h1")).to_have_text("Sign in")
             tab.goto(f"{base}/admin")
             assert "/admin/login" in tab.url
+            # (the favicon's 404 and the bad filter's 422 are expected "failed to load" errors)
+            assert [e for e in console_errors if not e.startswith("Failed to load resource")] == []
         finally:
             browser.close()
