@@ -187,7 +187,7 @@ def customers_policies_survey(tab: Page) -> None:
     shot(tab, "policies")
 
     tab.get_by_role("link", name="Exit survey").click()
-    expect(tab.locator("figure svg")).to_have_count(1)
+    expect(tab.locator("figure svg")).to_have_count(2)
     expect(tab.get_by_text("anonymous").first).to_be_visible()
     shot(tab, "exit-survey")
 

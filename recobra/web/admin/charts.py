@@ -107,3 +107,21 @@ def reasons(counts: Mapping[str, int]) -> Markup:
     chart.y_labels = _counts_axis(list(counts.values()))
     chart.add("answers", list(counts.values()))
     return _svg(chart, title)
+
+
+def reasons_over_time(labels: Sequence[str], by_reason: Mapping[str, Sequence[int]]) -> Markup:
+    """Exit survey answers per bucket of the period, stacked by reason."""
+    title = "Answers over time, by reason"
+    chart = pygal.StackedBar(
+        **_COMMON,
+        title=title,
+        x_label_rotation=-30 if len(labels) > 10 else 0,
+        x_labels_major_every=max(1, len(labels) // 8),
+        show_minor_x_labels=len(labels) <= 15,
+    )
+    chart.x_labels = list(labels)
+    totals = [sum(values) for values in zip(*by_reason.values(), strict=True)] if by_reason else [0]
+    chart.y_labels = _counts_axis(totals)
+    for reason, values in by_reason.items():
+        chart.add(reason.replace("_", " "), list(values))
+    return _svg(chart, title)

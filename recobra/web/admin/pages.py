@@ -560,8 +560,11 @@ def policies(request: Request, svc: Svc, session: CurrentAdmin) -> HTMLResponse:
 @router.get("/surveys")
 def surveys(request: Request, svc: Svc, session: CurrentAdmin) -> HTMLResponse:
     days, error = _period(request, SURVEY_PERIODS, 30)
-    start = svc.now() - timedelta(days=days)
+    now = svc.now()
+    start = now - timedelta(days=days)
+    bucket = timedelta(days=1 if days <= 7 else 7 if days <= 90 else 30)
     with Session(svc.store.engine) as db:
+        starts, by_reason = queries.survey_reasons_over_time(db, start, now, bucket)
         reasons = queries.survey_reasons(db, start)
         outcomes = queries.survey_outcomes(db, start)
         comments = queries.survey_comments(db, start)
@@ -579,4 +582,8 @@ def surveys(request: Request, svc: Svc, session: CurrentAdmin) -> HTMLResponse:
         total=sum(reasons.values()),
         comments=comments,
         chart=charts.reasons(reasons),
+        over_time=charts.reasons_over_time([f"{b:%b %d}" for b in starts], by_reason),
+        bucket_name="day" if bucket.days == 1 else "week" if bucket.days == 7 else "30 days",
+        bucket_labels=[f"{b:%b %d}" for b in starts],
+        by_reason=by_reason,
     )

@@ -321,6 +321,24 @@ def survey_reasons(session: Session, start: datetime) -> dict[str, int]:
     return {str(key): int(count) for key, count in rows.all()}
 
 
+def survey_reasons_over_time(
+    session: Session, start: datetime, end: datetime, bucket: timedelta
+) -> tuple[list[datetime], dict[str, list[int]]]:
+    """Bucket starts, and for each reason its answers in each bucket."""
+    n = max(1, -(-int((end - start).total_seconds()) // int(bucket.total_seconds())))
+    starts = [start + bucket * i for i in range(n)]
+    out: dict[str, list[int]] = {}
+    rows = session.execute(
+        select(ExitSurveyRow.reason, ExitSurveyRow.created_at).where(
+            ExitSurveyRow.created_at >= start, ExitSurveyRow.created_at < end
+        )
+    )
+    for reason, at in rows:
+        index = min(int((at - start) / bucket), n - 1)
+        out.setdefault(reason, [0] * n)[index] += 1
+    return starts, dict(sorted(out.items()))
+
+
 def survey_outcomes(session: Session, start: datetime) -> dict[str, int]:
     rows = session.execute(
         select(ExitSurveyRow.outcome, func.count())
