@@ -491,6 +491,8 @@ def demo(
     """The one-command tour: a fresh SQLite database, a seeded business, the months up to
     today, the report; then the dashboard on that data until Ctrl-C (``--no-serve``: the
     report alone)."""
+    if serve:
+        _check_port_free(port)
     directory.mkdir(parents=True, exist_ok=True)
     db_file = directory / "recobra.db"
     for suffix in ("", "-wal", "-shm"):
@@ -536,6 +538,18 @@ def demo(
 
 
 DEMO_USER = "demo@example.com"
+
+
+def _check_port_free(port: int) -> None:
+    """Fail before the simulation, not after it, when the dashboard's port is taken."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            message = f"port {port} on 127.0.0.1 is in use: choose another with --port (or --no-serve)"
+            raise fail(message) from None
 
 
 def _serve_demo_dashboard(url: str, seed: int, port: int) -> None:

@@ -102,3 +102,29 @@ def test_demo_serves_the_dashboard_on_its_data(tmp_path: Path) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
         log.close()
+
+
+def test_a_taken_port_is_named_before_the_simulation(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "recobra.cli",
+                "demo",
+                "--dir",
+                str(tmp_path / "demo"),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr
+    assert not (tmp_path / "demo").exists()
