@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -503,3 +504,15 @@ def test_rate_limits_are_validated_in_settings(monkeypatch: pytest.MonkeyPatch) 
         load_settings()
     monkeypatch.setenv("RECOBRA_RATE_LIMIT_HOSTED", "off")
     assert load_settings().rate_limit_hosted is None
+
+
+def test_policies_page_names_the_problems_of_an_invalid_file(dash: Dash, tmp_path: Path) -> None:
+    bad = tmp_path / "policy.toml"
+    bad.write_text('name = "broken"\nversion = 1\ndefault_policy = "nope"\n', encoding="utf-8")
+    dash.services.settings = dash.services.settings.model_copy(update={"policy_file": str(bad)})
+    dash.login()
+    page = dash.client.get("/admin/policies")
+    assert page.status_code == 200
+    assert "Not valid" in page.text
+    assert "default_policy" in page.text
+    assert str(bad) in page.text
