@@ -67,8 +67,8 @@ class Settings(BaseModel):
     # The dashboard and abuse limits (docs/dashboard.md)
     session_secret: str | None = Field(default=None, min_length=32)
     """Signs dashboard sessions (32+ characters; RECOBRA_SESSION_SECRET). When unset, a
-    key derived from ``link_secret`` is used (one secret less to manage; set this one
-    to rotate either without logging everybody out or breaking links)."""
+    key derived from ``link_secret`` is used (one secret less to manage); set it to be
+    able to rotate the link secret without signing everybody out."""
     session_max_age_s: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
     """How long a dashboard session lasts after signing in."""
     rate_limit_hosted: str | None = "60/minute"

@@ -51,9 +51,9 @@ RETRY_BACKOFF = (timedelta(minutes=1), timedelta(minutes=10), timedelta(hours=1)
 """Waits after transient failures; once they run out the message fails and its fallback is used."""
 STOP_ERROR = "twilio 21610"
 SEND_CHUNK = 20
+"""Messages marked 'sending' together: what a stopped worker can leave 'unknown' at most."""
 PAUSED_RECHECK = timedelta(hours=1)
 """How often a dunning message of a paused case is looked at again."""
-"""Messages marked 'sending' together: what a stopped worker can leave 'unknown' at most."""
 
 
 @dataclass(slots=True)
