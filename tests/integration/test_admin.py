@@ -193,6 +193,12 @@ def test_logout_needs_the_token_and_ends_the_session(signed_in: Dash) -> None:
     assert signed_in.client.get("/admin", follow_redirects=False).status_code == 303
 
 
+def test_the_sign_in_page_sends_a_signed_in_user_on(signed_in: Dash) -> None:
+    answer = signed_in.client.get("/admin/login?next=/admin/cases", follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/admin/cases"
+
+
 def test_next_never_leaves_the_dashboard(dash: Dash) -> None:
     form = dash.client.get("/admin/login?next=//evil.example/x")
     assert 'name="next" value="/admin"' in form.text

@@ -32,6 +32,7 @@ from recobra.web.admin.session import (
     AdminSession,
     CheckedAdmin,
     CurrentAdmin,
+    LoginRequired,
     same_token,
     sessions_of,
 )
@@ -157,9 +158,14 @@ def _login_page(
     return response
 
 
-@router.get("/login")
-def login_form(request: Request) -> HTMLResponse:
-    return _login_page(request, next_url=_safe_next(request.query_params.get("next")))
+@router.get("/login", response_model=None)
+def login_form(request: Request, svc: Svc) -> Response:
+    target = _safe_next(request.query_params.get("next"))
+    try:
+        sessions_of(request).read(request, svc)
+    except LoginRequired:
+        return _login_page(request, next_url=target)
+    return RedirectResponse(target, status_code=303)  # already signed in
 
 
 @router.post("/login", response_model=None)
