@@ -338,6 +338,7 @@ def test_case_filters(signed_in: Dash) -> None:
     assert ids("?amount_min=50&amount_max=100") == ["case_in_2"]  # EUR 99.00
     assert ids("?amount_min=1000") == ["case_in_3"]  # CLP 150000 (no decimals)
     assert ids("?status=recovered") == []
+    assert ids("?customer=cus_2") == ["case_in_2"]
     assert sorted(ids("?status=open&segment=default")) == ["case_in_1", "case_in_2", "case_in_3"]
 
 

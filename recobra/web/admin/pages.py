@@ -300,9 +300,8 @@ def _amount(raw: str, name: str, label: str, errors: dict[str, str]) -> Decimal 
 
 def _parse_case_filters(request: Request) -> _Parsed:
     q = request.query_params
-    form = {
-        k: q.get(k, "").strip() for k in ("status", "segment", "category", "amount_min", "amount_max", "page")
-    }
+    names = ("status", "segment", "category", "amount_min", "amount_max", "customer", "page")
+    form = {k: q.get(k, "").strip() for k in names}
     errors: dict[str, str] = {}
     statuses = [s.value for s in CaseStatus]
     if form["status"] and form["status"] not in statuses:
@@ -312,6 +311,8 @@ def _parse_case_filters(request: Request) -> _Parsed:
         errors["category"] = f"Decline category (category): choose one of {', '.join(categories)}."
     if len(form["segment"]) > 64:
         errors["segment"] = "Segment (segment): at most 64 characters."
+    if len(form["customer"]) > 128:
+        errors["customer"] = "Customer (customer): at most 128 characters."
     low = _amount(form["amount_min"], "amount_min", "Amount from", errors)
     high = _amount(form["amount_max"], "amount_max", "Amount up to", errors)
     if low is not None and high is not None and high < low:
@@ -323,6 +324,7 @@ def _parse_case_filters(request: Request) -> _Parsed:
         category=form["category"] or None,
         amount_min=low,
         amount_max=high,
+        customer_id=form["customer"] or None,
     )
     return _Parsed(filters, number, errors, form)
 
