@@ -21,7 +21,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-## Run the demo: fresh SQLite database, simulated gateway, a seeded business.
+## Run the demo: fresh SQLite database, simulated gateway, a seeded business, the report;
+## then the dashboard on that data at http://127.0.0.1:8000/admin until Ctrl-C.
 demo: $(VENV)/.installed
 	$(BIN)/recobra demo
 

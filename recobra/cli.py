@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
@@ -600,8 +600,16 @@ def demo(
     customers: Annotated[int, typer.Option(min=1)] = 1000,
     days: Annotated[int, typer.Option(min=1)] = 120,
     seed: int = 7,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve the dashboard on the demo's data afterwards")
+    ] = True,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port of the dashboard (on 127.0.0.1)")] = 8000,
 ) -> None:
-    """The one-command tour: a fresh SQLite database, a seeded business, a few months, the report."""
+    """The one-command tour: a fresh SQLite database, a seeded business, the months up to
+    today, the report; then the dashboard on that data until Ctrl-C (``--no-serve``: the
+    report alone)."""
+    if serve:
+        _check_port_free(port)
     directory.mkdir(parents=True, exist_ok=True)
     db_file = directory / "recobra.db"
     for suffix in ("", "-wal", "-shm"):
@@ -623,7 +631,8 @@ def demo(
         gateway="simulated",
         gateway_settings={},
         database_url=url,
-        start=datetime(2026, 1, 1, tzinfo=UTC),
+        # The business's last day is today, so the dashboard's "last 30 days" show it.
+        start=datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days),
         resolution_minutes=30,
         show_progress=True,
         messages_dir=directory / "messages",
@@ -641,6 +650,68 @@ def demo(
         "  recobra simulate --customers 5000 --days 365 --policy my-policy.toml   # try your own policy"
     )
     console.print("  recobra simulate --json ...                        # the same report as JSON")
+    if serve:
+        _serve_demo_dashboard(url, seed, port)
+
+
+DEMO_USER = "demo@example.com"
+
+
+def _check_port_free(port: int) -> None:
+    """Fail before the simulation, not after it, when the dashboard's port is taken."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            message = f"port {port} on 127.0.0.1 is in use: choose another with --port (or --no-serve)"
+            raise fail(message) from None
+
+
+def _serve_demo_dashboard(url: str, seed: int, port: int) -> None:
+    """The dashboard on the demo's database, for a demo user with a fresh random password
+    (printed once), on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    import secrets  # noqa: PLC0415
+
+    import uvicorn  # noqa: PLC0415
+
+    from recobra.store.admins import create_admin  # noqa: PLC0415
+    from recobra.web.app import create_app  # noqa: PLC0415
+    from recobra.web.services import Services  # noqa: PLC0415
+
+    base = f"http://127.0.0.1:{port}"
+    settings = Settings(
+        database_url=url,
+        gateway_settings={"seed": str(seed)},
+        link_secret=secrets.token_hex(32),  # this run's links and sessions only
+        public_url=base,
+        company_name="Recobra demo",
+    )
+    services = Services.from_settings(settings)
+    password = secrets.token_urlsafe(12)
+    create_admin(services.store.engine, DEMO_USER, password, datetime.now(UTC))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
+    )
+    console.rule("[bold]The dashboard")
+    print(f"Dashboard: {base}/admin", flush=True)
+    print(f"Sign in as {DEMO_USER} with the password {password}", flush=True)
+    print("(Ctrl-C stops it; `recobra demo --no-serve` prints the report alone.)", flush=True)
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        # uvicorn shuts down on SIGTERM/SIGINT, then raises the signal again for the
+        # handler it found: this one, so the demo ends normally.
+        pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.run()
+    finally:
+        services.close()
+    if not server.started:
+        raise fail(f"could not serve the dashboard on {base} (is the port in use? try --port)", 1)
 
 
 # ---------------------------------------------------------------- cases
@@ -956,6 +1027,86 @@ def api_keys_revoke(
             return
         revoke_key(store.engine, key_id, datetime.now(UTC))
     console.print(f"{key_id} ({before.name!r}) revoked")
+
+
+# ---------------------------------------------------------------- admin users
+
+admin_users_app = typer.Typer(
+    help="People who sign in to the dashboard (/admin); passwords stored as argon2id hashes.",
+    no_args_is_help=True,
+)
+app.add_typer(admin_users_app, name="admin-users")
+
+
+@admin_users_app.command("create")
+def admin_users_create(
+    email: Annotated[str, typer.Argument(help="The user's email (their sign-in name)")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input (one line)")
+    ] = False,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Create a dashboard user; the password is asked for twice (or read from stdin)."""
+    from recobra.store.admins import MIN_PASSWORD, create_admin  # noqa: PLC0415
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt(
+            f"Password (at least {MIN_PASSWORD} characters)", hide_input=True, confirmation_prompt=True
+        )
+    with _opened_store(config, database_url) as store:
+        try:
+            user = create_admin(store.engine, email, password, datetime.now(UTC))
+        except ValueError as exc:
+            raise fail(str(exc), 1) from None
+    console.print(f"user {user.email} created ({user.id}): sign in at /admin", highlight=False)
+
+
+@admin_users_app.command("list")
+def admin_users_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
+    """Every dashboard user with their last sign-in and status."""
+    from recobra.store.admins import list_admins  # noqa: PLC0415
+
+    with _opened_store(config, database_url) as store:
+        users = list_admins(store.engine)
+    if not users:
+        console.print("no users yet: create one with `recobra admin-users create EMAIL`")
+        return
+    t = Table()
+    t.add_column("email", no_wrap=True)
+    for col in ("id", "created (UTC)", "last sign-in (UTC)", "status"):
+        t.add_column(col)
+    for u in users:
+        t.add_row(
+            u.email,
+            u.id,
+            f"{u.created_at:%Y-%m-%d %H:%M}",
+            f"{u.last_login_at:%Y-%m-%d %H:%M}" if u.last_login_at else "never",
+            f"disabled {u.disabled_at:%Y-%m-%d %H:%M}" if u.disabled_at else "active",
+        )
+    console.print(t)
+
+
+@admin_users_app.command("disable")
+def admin_users_disable(
+    email: Annotated[str, typer.Argument(help="The user's email")],
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Disable a user: sign-in is refused and open sessions end on their next request."""
+    from recobra.store.admins import disable_admin, find_admin  # noqa: PLC0415
+
+    with _opened_store(config, database_url) as store:
+        before = find_admin(store.engine, email)
+        if before is None:
+            raise fail(f"no user {email.strip()!r} (see `recobra admin-users list`)", 1)
+        if before.disabled_at is not None:
+            console.print(f"{before.email} was already disabled on {before.disabled_at:%Y-%m-%d %H:%M} UTC")
+            return
+        disable_admin(store.engine, email, datetime.now(UTC))
+    console.print(f"{before.email} disabled", highlight=False)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_DATABASE_URL = "sqlite:///recobra.db"
 
@@ -63,6 +63,36 @@ class Settings(BaseModel):
     quiet_end: int = Field(default=8, ge=0, le=23)
     max_messages_per_day: int = Field(default=2, ge=1)
     max_messages_per_week: int = Field(default=5, ge=1)
+
+    # The dashboard and abuse limits (docs/dashboard.md)
+    session_secret: str | None = Field(default=None, min_length=32)
+    """Signs dashboard sessions (32+ characters; RECOBRA_SESSION_SECRET). When unset, a
+    key derived from ``link_secret`` is used (one secret less to manage); set it to be
+    able to rotate the link secret without signing everybody out."""
+    session_max_age_s: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
+    """How long a dashboard session lasts after signing in."""
+    rate_limit_hosted: str | None = "60/minute"
+    """Requests per client address to customers' pages (every path under /p/)."""
+    rate_limit_login_ip: str | None = "20/minute"
+    """Sign-in attempts per client address."""
+    rate_limit_login_email: str | None = "10/15minutes"
+    """Sign-in attempts per email address, from anywhere."""
+    rate_limit_api: str | None = None
+    """Requests per client address to /api/ (off unless set, e.g. "1200/minute")."""
+
+    @field_validator("rate_limit_hosted", "rate_limit_login_ip", "rate_limit_login_email", "rate_limit_api")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "off", "none"):
+            return None
+        from limits import parse_many  # noqa: PLC0415 - only when configured
+
+        try:
+            parse_many(value)
+        except ValueError:
+            example = "e.g. '60/minute' or '10 per 15 minutes'"
+            raise ValueError(f"not a rate limit: {value!r} ({example})") from None
+        return value
 
 
 ENV_PREFIX = "RECOBRA_"

@@ -82,6 +82,11 @@ class NextAction(StrEnum):
     """An immediate retry outside the budget (new payment method, operator request)."""
     FINAL_ACTION = "final_action"
     """The grace period is over: cancel, pause or mark unpaid through the gateway."""
+    OPERATOR_RETRY = "operator_retry"
+    """An operator asked for a charge now: outside the budget, then the policy goes on."""
+    PAUSED = "paused"
+    """An operator paused dunning: no retry, dunning message or final action until it is
+    resumed (the case has no timer meanwhile). A new payment method still retries at once."""
 
 
 class FinalAction(StrEnum):
@@ -108,6 +113,12 @@ class EventKind(StrEnum):
     STATUS_CHANGED = "status_changed"
     FINAL_ACTION_SCHEDULED = "final_action_scheduled"
     FINAL_ACTION_FAILED = "final_action_failed"
+    RETRY_REQUESTED = "retry_requested"
+    """An operator asked for a retry now."""
+    DUNNING_PAUSED = "dunning_paused"
+    DUNNING_RESUMED = "dunning_resumed"
+    LINK_RESENT = "link_resent"
+    """An operator sent the update-payment link again (a reminder through the outbox)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +207,16 @@ class DunningCase:
         self.next_action = action
         self.next_action_at = at
         self.next_action_reason = reason
+
+    def pause(self, reason: str) -> None:
+        """No timer until resumed: the engine neither charges nor acts on the case."""
+        self.next_action = NextAction.PAUSED
+        self.next_action_at = None
+        self.next_action_reason = reason
+
+    @property
+    def paused(self) -> bool:
+        return self.next_action is NextAction.PAUSED
 
     def clear_next_action(self) -> None:
         self.next_action = None

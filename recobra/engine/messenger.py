@@ -52,6 +52,8 @@ RETRY_BACKOFF = (timedelta(minutes=1), timedelta(minutes=10), timedelta(hours=1)
 STOP_ERROR = "twilio 21610"
 SEND_CHUNK = 20
 """Messages marked 'sending' together: what a stopped worker can leave 'unknown' at most."""
+PAUSED_RECHECK = timedelta(hours=1)
+"""How often a dunning message of a paused case is looked at again."""
 
 
 @dataclass(slots=True)
@@ -219,6 +221,21 @@ class Messenger:
                 MessageStatus.CANCELED,
                 None,
                 f"not needed: the case is {case.status}",
+                bundle.attempts,
+            )
+        if (
+            entry.kind in DUNNING_KINDS
+            and case is not None
+            and case.paused
+            and not entry.context.get("requested_by")
+        ):
+            # An operator paused dunning: the message waits (checked again later).
+            report.deferred += 1
+            return MessageUpdate(
+                bundle.id,
+                MessageStatus.SCHEDULED,
+                now + PAUSED_RECHECK,
+                "dunning paused by an operator: waits until it is resumed",
                 bundle.attempts,
             )
         if entry.only_if_unclicked and any(clicked for _, _, clicked in bundle.siblings):

@@ -15,7 +15,7 @@ The engine never reads the wall clock: ``now`` is an argument.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -29,8 +29,9 @@ from recobra.domain.case import (
     NextAction,
 )
 from recobra.domain.declines import Decline, DeclineCategory, classify
+from recobra.domain.errors import IllegalTransition
 from recobra.domain.leaving import REACTIVATABLE, ChangeKind, SubscriptionChange
-from recobra.domain.messages import MessageKind, OutboxEntry, message_key
+from recobra.domain.messages import ChannelKind, MessageKind, OutboxEntry, message_key
 from recobra.domain.model import (
     Attempt,
     AttemptStatus,
@@ -749,6 +750,155 @@ class Engine:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    # ------------------------------------------------------------------ operators
+
+    def retry_now(self, case_id: str, now: datetime, *, operator: str) -> DunningCase:
+        """An operator asks for a charge at once, outside the attempt budget; the
+        policy's timeline goes on after it (a paused case is resumed by it). Raises
+        ``LookupError`` for an unknown case and ``IllegalTransition`` for a closed one."""
+
+        def change(_uow: UnitOfWork, bundle: CaseBundle) -> None:
+            case = bundle.case
+            why = f"retry now requested by {operator}"
+            case.record(now, EventKind.RETRY_REQUESTED, why, operator=operator)
+            case.schedule(NextAction.OPERATOR_RETRY, now, f"retry requested by {operator}")
+
+        now = require_aware("now", now).astimezone(UTC)
+        self._operate(case_id, now, operator, change)
+        self.process([case_id], now)
+        return self._load_case(case_id, now)
+
+    def pause_dunning(self, case_id: str, now: datetime, *, operator: str, reason: str = "") -> DunningCase:
+        """Stop retries, dunning messages and the final action until ``resume_dunning``.
+        ``IllegalTransition`` when the case is closed or already paused."""
+
+        def change(_uow: UnitOfWork, bundle: CaseBundle) -> None:
+            case = bundle.case
+            if case.paused:
+                raise IllegalTransition("case.next_action", f"{case.id}: dunning is already paused")
+            why = f": {reason.strip()}" if reason.strip() else ""
+            text = f"dunning paused by {operator}{why}; no retry, message or final action until resumed"
+            case.record(
+                now,
+                EventKind.DUNNING_PAUSED,
+                text,
+                operator=operator,
+                was=str(case.next_action) if case.next_action else None,
+                was_at=case.next_action_at.isoformat() if case.next_action_at else None,
+            )
+            case.pause(f"paused by {operator}{why}")
+
+        now = require_aware("now", now).astimezone(UTC)
+        return self._operate(case_id, now, operator, change)
+
+    def resume_dunning(self, case_id: str, now: datetime, *, operator: str) -> DunningCase:
+        """Put a paused case back on its policy's timeline from ``now`` (an exhausted
+        case back to waiting for its final action). ``IllegalTransition`` when the case
+        is closed or not paused."""
+
+        def change(_uow: UnitOfWork, bundle: CaseBundle) -> None:
+            case = bundle.case
+            if not case.paused:
+                raise IllegalTransition("case.next_action", f"{case.id}: dunning is not paused")
+            case.record(now, EventKind.DUNNING_RESUMED, f"dunning resumed by {operator}", operator=operator)
+            policy = self._policy(case)
+            if case.status is CaseStatus.EXHAUSTED:
+                self._reschedule_final(case, policy, now)
+                return
+            self._decide_next(
+                case,
+                policy,
+                bundle.customer.timezone,
+                bundle.customer.country,
+                bundle.payment_method.brand,
+                bundle.payment_method.funding,
+                bundle.card_history,
+                now,
+            )
+            if case.next_action is NextAction.RETRY and case.next_action_at and case.next_action_at < now:
+                reason = f"Retry now: its time ({case.next_action_at:%Y-%m-%d %H:%M} UTC) passed while paused"
+                case.schedule(NextAction.RETRY, now, reason)
+                case.record(now, EventKind.RETRY_SCHEDULED, reason, retry_at=now.isoformat())
+
+        now = require_aware("now", now).astimezone(UTC)
+        return self._operate(case_id, now, operator, change)
+
+    def resend_link(self, case_id: str, now: datetime, *, operator: str) -> DunningCase:
+        """Send the customer a payment reminder now, through the outbox, on the channels
+        of the policy's first message (email when it has none); the message carries a
+        fresh signed update-payment link, made when it is sent. It goes out even while
+        dunning is paused (the operator asked for it); delivery rules (consent, quiet
+        hours, caps) still apply."""
+
+        def change(uow: UnitOfWork, bundle: CaseBundle) -> None:
+            case = bundle.case
+            policy = self._policy(case)
+            channels = policy.messages[0].channels if policy.messages else (ChannelKind.EMAIL,)
+            step = f"resend@{now:%Y%m%dT%H%M%S}"
+            uow.add_messages(
+                [
+                    OutboxEntry(
+                        key=message_key(case.id, step, channel),
+                        customer_id=case.customer_id,
+                        case_id=case.id,
+                        kind=MessageKind.PAYMENT_REMINDER,
+                        channel=channel,
+                        step=step,
+                        due_at=now,
+                        context={"requested_by": operator},
+                    )
+                    for channel in channels
+                ]
+            )
+            case.record(
+                now,
+                EventKind.LINK_RESENT,
+                f"update-payment link sent again by {operator} ({', '.join(str(c) for c in channels)})",
+                operator=operator,
+                channels=[str(c) for c in channels],
+            )
+
+        now = require_aware("now", now).astimezone(UTC)
+        return self._operate(case_id, now, operator, change)
+
+    def _operate(
+        self,
+        case_id: str,
+        now: datetime,
+        operator: str,
+        change: Callable[[UnitOfWork, CaseBundle], None],
+    ) -> DunningCase:
+        """Apply an operator's ``change`` to an active case in one transaction (redone
+        on fresh state when a worker changed the case meanwhile)."""
+        if not operator.strip():
+            raise ValueError("operator: say who acts")
+        for attempt in range(1, CONCURRENCY_RETRIES + 1):
+            try:
+                with self.store.unit_of_work() as uow:
+                    bundles = uow.load_bundles([case_id], now)
+                    if not bundles:
+                        raise LookupError(f"no case {case_id!r}")
+                    bundle = bundles[0]
+                    if not bundle.case.is_active:
+                        raise IllegalTransition(
+                            "case.status", f"{case_id}: the case is {bundle.case.status}; nothing to act on"
+                        )
+                    change(uow, bundle)
+                    self._save(uow, [bundle.case], release_claims=False)
+                    uow.commit()
+                    return bundle.case
+            except ConcurrentUpdate:
+                if attempt == CONCURRENCY_RETRIES:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _load_case(self, case_id: str, now: datetime) -> DunningCase:
+        with self.store.unit_of_work() as uow:
+            bundles = uow.load_bundles([case_id], now)
+        if not bundles:
+            raise LookupError(f"no case {case_id!r}")
+        return bundles[0].case
+
     # ------------------------------------------------------------------ messages
 
     def _save(self, uow: UnitOfWork, cases: Sequence[DunningCase], *, release_claims: bool) -> None:
@@ -973,7 +1123,7 @@ class Engine:
         new_attempts: list[Attempt] = []
         for bundle in uow.load_bundles(case_ids, now):
             case = bundle.case
-            if not case.is_active or case.next_action is None:
+            if not case.is_active or case.next_action in (None, NextAction.PAUSED):
                 continue
             if bundle.pending is not None:
                 batch.work.append(_Work(bundle, bundle.pending, resend=True))
@@ -1042,7 +1192,13 @@ class Engine:
 
     def _start_attempt(self, case: DunningCase, bundle: CaseBundle, now: datetime) -> Attempt:
         counted = case.next_action is NextAction.RETRY
-        trigger = AttemptTrigger.POLICY if counted else AttemptTrigger.PAYMENT_METHOD
+        trigger = (
+            AttemptTrigger.POLICY
+            if counted
+            else AttemptTrigger.OPERATOR
+            if case.next_action is NextAction.OPERATOR_RETRY
+            else AttemptTrigger.PAYMENT_METHOD
+        )
         case.attempts += 1
         if counted:
             case.budget_used += 1

@@ -348,3 +348,17 @@ class StripeImportCursorRow(Base):
     imported: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+
+
+class AdminUserRow(Base):
+    """A person who signs in to the dashboard. ``password_hash`` is an argon2id hash
+    (PHC string); ``email`` is kept lower-case. A disabled user (``disabled_at``) can no
+    longer sign in, and sessions already open stop working on their next request."""
+
+    __tablename__ = "admin_users"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+    last_login_at: Mapped[datetime | None]

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from recobra.web import problems
+from recobra.web import problems, ratelimit
 from recobra.web.services import Services
 
 
@@ -27,6 +27,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     problems.install(app)
+    ratelimit.install(app, services.settings)
     for include in _routers():
         include(app)
     return app
@@ -35,7 +36,7 @@ def create_app(services: Services) -> FastAPI:
 def _routers() -> list[Callable[[FastAPI], None]]:
     """Each concern's ``include(app)``."""
     from recobra.stripe import webhooks as stripe_webhooks  # noqa: PLC0415
-    from recobra.web import api, customer, deliveries, health, hosted, leaving, providers  # noqa: PLC0415
+    from recobra.web import admin, api, customer, deliveries, health, hosted, leaving, providers  # noqa: PLC0415
 
     return [
         health.include,
@@ -46,4 +47,5 @@ def _routers() -> list[Callable[[FastAPI], None]]:
         hosted.include,
         leaving.include,
         stripe_webhooks.include,
+        admin.include,
     ]

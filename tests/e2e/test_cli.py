@@ -178,7 +178,8 @@ def test_simulate_rejects_bad_policy_and_parameters(tmp_path: Path) -> None:
 
 
 def test_demo_runs_and_prints_the_report(tmp_path: Path) -> None:
-    result = run("demo", "--dir", str(tmp_path / "demo"), "--customers", "300", "--days", "40", cwd=tmp_path)
+    result = run("demo", "--dir", str(tmp_path / "demo"), "--customers", "300", "--days", "40", "--no-serve",
+                 cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Simulation report" in result.stdout
     assert "recovery rate" in result.stdout
