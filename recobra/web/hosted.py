@@ -130,6 +130,13 @@ def _render_update(
     )
 
 
+def _year(raw: str) -> int:
+    """The expiry year as typed (``31``, ``031`` or ``2031``), 0 when it is not one.
+    The check and the stored card both use this one reading."""
+    year = int(raw) if raw.isdigit() else 0
+    return year + 2000 if 0 < year < 100 else year
+
+
 def _validate(form: dict[str, str], now: datetime, t: dict[str, str]) -> dict[str, str]:
     errors: dict[str, str] = {}
     if form["brand"] not in {b for b, _ in BRANDS}:
@@ -137,9 +144,7 @@ def _validate(form: dict[str, str], now: datetime, t: dict[str, str]) -> dict[st
     if not (len(form["last4"]) == 4 and form["last4"].isdigit()):
         errors["last4"] = t["err_last4"]
     month = int(form["exp_month"]) if form["exp_month"].isdigit() else 0
-    year = int(form["exp_year"]) if form["exp_year"].isdigit() else 0
-    if year and year < 100:
-        year += 2000
+    year = _year(form["exp_year"])
     if not 1 <= month <= 12:
         errors["exp_month"] = t["err_month"]
     if not now.year <= year <= now.year + 20:
@@ -184,7 +189,7 @@ def update_payment_submit(
     if errors:
         return _render_update(request, svc, token, view, form=form, errors=errors, status=422)
 
-    year = int(form["exp_year"]) + (2000 if len(form["exp_year"]) <= 2 else 0)
+    year = _year(form["exp_year"])
     reference = secrets.token_hex(8)
     simulated = svc.engine.gateway.name == "simulated"
     gateway_token = (

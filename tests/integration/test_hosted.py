@@ -137,6 +137,14 @@ def test_a_good_card_recovers_the_payment_and_spends_the_link(page: Page) -> Non
     assert page.db.count("payment_methods") == 2
 
 
+@pytest.mark.parametrize("typed", ["31", "031", "0031", "2031"])
+def test_the_expiry_year_is_stored_as_it_was_checked(page: Page, typed: str) -> None:
+    answer = page.client.post(page.link(), data=card(exp_year=typed))
+    assert answer.status_code == 200
+    new = next(m for m in page.db.rows("payment_methods") if m["id"].startswith("pm_hosted_"))
+    assert new["exp_year"] == 2031
+
+
 def test_a_declined_card_says_so_and_the_link_still_works(page: Page) -> None:
     link = page.link()
     answer = page.client.post(link + "?lang=es", data=card(outcome="declined"))
