@@ -20,7 +20,7 @@ import secrets
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse
 
 from recobra.domain.case import CaseStatus
@@ -30,7 +30,7 @@ from recobra.messages.formatting import describe_decline
 from recobra.messages.links import SignedLink
 from recobra.web.hosted_text import TEXT
 from recobra.web.pages import CSP, amount, common, language, link_problem, notice, page, verify
-from recobra.web.services import Services, get_services
+from recobra.web.services import Services, ServicesDep
 
 BRANDS = (
     ("visa", "Visa"),
@@ -60,7 +60,7 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/p/update_payment/{token}")
 def update_paymentpage(
-    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+    token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     link = verify(request, svc, token, "update_payment")
     if isinstance(link, HTMLResponse):
@@ -158,7 +158,7 @@ def _validate(form: dict[str, str], now: datetime, t: dict[str, str]) -> dict[st
 def update_payment_submit(
     token: str,
     request: Request,
-    svc: Annotated[Services, Depends(get_services)],
+    svc: ServicesDep,
     brand: Annotated[str, Form(max_length=20)] = "",
     last4: Annotated[str, Form(max_length=8)] = "",
     exp_month: Annotated[str, Form(max_length=4)] = "",
@@ -245,7 +245,7 @@ def _result(
 
 @router.get("/p/update_payment/{token}/stripe")
 def update_payment_stripe_return(
-    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+    token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     """Where Stripe sends the customer back after the element confirmed (or failed)."""
     link = verify(request, svc, token, "update_payment")
@@ -302,7 +302,7 @@ def _customerlanguage(request: Request, svc: Services, customer_id: str) -> str:
 
 @router.get("/p/unsubscribe/{token}")
 def unsubscribepage(
-    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+    token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     link = verify(request, svc, token, "unsubscribe")
     if isinstance(link, HTMLResponse):
@@ -319,7 +319,7 @@ def unsubscribepage(
 
 @router.post("/p/unsubscribe/{token}")
 def unsubscribe(
-    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+    token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     link = verify(request, svc, token, "unsubscribe")
     if isinstance(link, HTMLResponse):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse
 
 from recobra.domain.errors import DomainError
@@ -60,7 +60,7 @@ from recobra.ports import GatewayError
 from recobra.store.sql import SqlUnitOfWork
 from recobra.web.leaving_text import TEXT
 from recobra.web.pages import amount, common, language, link_problem, notice, page, verify
-from recobra.web.services import Services, get_services
+from recobra.web.services import Services, ServicesDep
 
 REACTIVATE_TTL = timedelta(days=90)
 """The least life of the reactivate link on the confirmation page (the data retention
@@ -268,7 +268,7 @@ def _offer_words(svc: Services, j: _Journey, offer: SaveOffer, now: datetime) ->
 
 @router.get("/p/cancel/{token}")
 def cancelpage(
-    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+    token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     j = _open(request, svc, token, "cancel")
     if isinstance(j, HTMLResponse):
@@ -280,7 +280,7 @@ def cancelpage(
 def cancel_step(
     token: str,
     request: Request,
-    svc: Annotated[Services, Depends(get_services)],
+    svc: ServicesDep,
     # No length limits here: a long value gets the page's own message next to its
     # field (the comment is capped by the domain), not a bare validation error.
     step: Annotated[str, Form()] = "reason",
@@ -440,7 +440,7 @@ def _accept(
 
 @router.get("/p/reactivate/{token}")
 def reactivatepage(
-    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+    token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     j = _open(request, svc, token, "reactivate")
     if isinstance(j, HTMLResponse):
@@ -474,7 +474,7 @@ def reactivatepage(
 
 
 @router.post("/p/reactivate/{token}")
-def reactivate(token: str, request: Request, svc: Annotated[Services, Depends(get_services)]) -> HTMLResponse:
+def reactivate(token: str, request: Request, svc: ServicesDep) -> HTMLResponse:
     j = _open(request, svc, token, "reactivate")
     if isinstance(j, HTMLResponse):
         return j
