@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import T0, Commands, Db, EngineFactory
+from conftest import T0, Commands, Db, EngineFactory, web_services
 from fastapi.testclient import TestClient
 
 from recobra.messages.links import LinkSigner
@@ -73,14 +73,10 @@ def dash(
     store: SqlStore, engine_factory: EngineFactory, db: Db, database_url: str, commands: Commands
 ) -> Iterator[Dash]:
     engine = engine_factory()
-    settings = Settings(database_url=database_url, link_secret=SECRET, public_url=PUBLIC, company_name="Acme")
     holder: dict[str, Dash] = {}
-    services = Services(
-        settings=settings,
-        store=store,
-        engine=engine,
-        links=LinkSigner(SECRET, PUBLIC),
-        clock=lambda: holder["d"].now,
+    services = web_services(
+        store, engine, database_url, secret=SECRET, public_url=PUBLIC, clock=lambda: holder["d"].now,
+        company_name="Acme",
     )
     engine.handle(commands.payment_failed("1", decline_code="insufficient_funds", network_code="51"))
     engine.handle(commands.payment_failed("2", amount=9900, currency="EUR"))

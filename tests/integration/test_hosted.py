@@ -6,12 +6,10 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from conftest import T0, Commands, Db, EngineFactory
+from conftest import T0, Commands, Db, EngineFactory, web_services
 from fastapi.testclient import TestClient
 
 from recobra.domain.messages import ChannelKind, MessageKind, OutboxEntry
-from recobra.messages.links import LinkSigner
-from recobra.settings import Settings
 from recobra.store.sql import SqlStore
 from recobra.web.app import create_app
 from recobra.web.services import Services
@@ -48,14 +46,10 @@ def page(
     store: SqlStore, engine_factory: EngineFactory, db: Db, database_url: str, commands: Commands
 ) -> Iterator[Page]:
     engine = engine_factory()
-    settings = Settings(database_url=database_url, link_secret=SECRET, public_url=PUBLIC, company_name="Acme")
     holder: dict[str, Page] = {}
-    services = Services(
-        settings=settings,
-        store=store,
-        engine=engine,
-        links=LinkSigner(SECRET, PUBLIC),
-        clock=lambda: holder["p"].now,
+    services = web_services(
+        store, engine, database_url, secret=SECRET, public_url=PUBLIC, clock=lambda: holder["p"].now,
+        company_name="Acme",
     )
     engine.handle(commands.payment_failed("1", decline_code="insufficient_funds", network_code="51"))
     with TestClient(create_app(services), base_url=PUBLIC) as client:

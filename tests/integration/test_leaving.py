@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from conftest import T0, TEST_POLICY, Commands, Db, EngineFactory
+from conftest import T0, TEST_POLICY, Commands, Db, EngineFactory, web_services
 from fastapi.testclient import TestClient
 
 from recobra.domain.model import Interval, Plan, Subscription, SubscriptionStatus
@@ -17,10 +17,8 @@ from recobra.engine.relay import EventRelay
 from recobra.engine.service import Engine
 from recobra.gateways.simulated import SimulatedGateway
 from recobra.messages.composer import Sender, TemplateComposer
-from recobra.messages.links import LinkSigner
 from recobra.messages.render import Renderer
 from recobra.ports import DeliveryResult, DeliveryStatus, GatewayError, OutgoingMessage
-from recobra.settings import Settings
 from recobra.store.sql import SqlStore
 from recobra.web.app import create_app
 from recobra.web.services import Services
@@ -76,20 +74,10 @@ def journey(
     gateway: SimulatedGateway,
 ) -> Iterator[Journey]:
     engine = engine_factory(POLICY)
-    settings = Settings(
-        database_url=database_url,
-        link_secret=SECRET,
-        public_url=PUBLIC,
-        company_name="Acme",
-        support_email="help@acme.example",
-    )
     holder: dict[str, Journey] = {}
-    services = Services(
-        settings=settings,
-        store=store,
-        engine=engine,
-        links=LinkSigner(SECRET, PUBLIC),
-        clock=lambda: holder["j"].now,
+    services = web_services(
+        store, engine, database_url, secret=SECRET, public_url=PUBLIC, clock=lambda: holder["j"].now,
+        company_name="Acme", support_email="help@acme.example",
     )
     # A customer in dunning (an open case), and a cheaper plan known from another customer.
     engine.handle(commands.payment_failed("1", decline_code="insufficient_funds", network_code="51"))
