@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import uvicorn
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from recobra.bootstrap import build_engine, open_store
+from recobra.domain.model import Customer, Interval, Plan, Subscription, SubscriptionStatus
+from recobra.domain.money import Money
 from recobra.gateways.simulated import SimulatedGateway
 from recobra.messages.links import LinkSigner
 from recobra.policyfile import load_default_policy
@@ -74,6 +77,23 @@ def simulated_services(url: str, base: str, secret: str, **settings: Any) -> Ser
         config, store=store, gateway=SimulatedGateway(seed=1), policies=load_default_policy()
     )
     return Services(settings=config, store=store, engine=engine, links=LinkSigner(secret, base))
+
+
+def two_subscribers(now: datetime) -> list[tuple[Customer, Subscription]]:
+    """Ana in Mexico (es, MXN) as ``cus_0``/``sub_0`` and Alex in the US (en, USD) as
+    ``cus_1``/``sub_1``, each on a monthly Pro plan for 200 days."""
+    people = [
+        ("es", "MX", "America/Mexico_City", Money(29900, "MXN"), "Ana"),
+        ("en", "US", "America/New_York", Money(1900, "USD"), "Alex"),
+    ]
+    subscribers = []
+    for i, (locale, country, tz, money, name) in enumerate(people):
+        customer = Customer(f"cus_{i}", f"c{i}@example.com", locale, tz, country, name)
+        plan = Plan(f"pro-{money.currency.lower()}", "Pro", Interval.MONTH, money)
+        started = now - timedelta(days=200)
+        sub = Subscription(f"sub_{i}", customer.id, plan, SubscriptionStatus.ACTIVE, started)
+        subscribers.append((customer, sub))
+    return subscribers
 
 
 @contextmanager

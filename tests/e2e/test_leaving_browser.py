@@ -11,8 +11,6 @@ import pytest
 from playwright.sync_api import Browser
 from sqlalchemy import text
 
-from recobra.domain.model import Customer, Interval, Plan, Subscription, SubscriptionStatus
-from recobra.domain.money import Money
 from recobra.engine.commands import SubscriptionUpdated
 from recobra.web.services import Services
 
@@ -26,6 +24,7 @@ from .browser import (
     serving,
     shot,
     simulated_services,
+    two_subscribers,
 )
 
 SECRET = "c" * 40
@@ -44,19 +43,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Services]]:
         url, base, SECRET, company_name="Acme Cloud", support_email="help@acme.example"
     )
     now = datetime.now(UTC)
-    for i, (locale, country, tz, money) in enumerate(
-        [
-            ("es", "MX", "America/Mexico_City", Money(29900, "MXN")),
-            ("en", "US", "America/New_York", Money(1900, "USD")),
-        ]
-    ):
-        customer = Customer(
-            f"cus_{i}", f"c{i}@example.com", locale, tz, country, "Ana" if locale == "es" else "Alex"
-        )
-        plan = Plan(f"pro-{money.currency.lower()}", "Pro", Interval.MONTH, money)
-        sub = Subscription(
-            f"sub_{i}", customer.id, plan, SubscriptionStatus.ACTIVE, now - timedelta(days=200)
-        )
+    for i, (customer, sub) in enumerate(two_subscribers(now)):
         services.engine.handle(SubscriptionUpdated(f"evt_{i}", now - timedelta(hours=1), customer, sub))
     with serving(services, port):
         yield base, services

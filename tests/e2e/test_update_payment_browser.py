@@ -11,21 +11,24 @@ from playwright.sync_api import Browser
 from sqlalchemy import text
 
 from recobra.domain.model import (
-    Customer,
     Funding,
-    Interval,
     Invoice,
     InvoiceStatus,
     PaymentMethod,
-    Plan,
-    Subscription,
-    SubscriptionStatus,
 )
-from recobra.domain.money import Money
 from recobra.engine.commands import PaymentFailed
 from recobra.web.services import Services
 
-from .browser import PHONE, free_port, migrated_sqlite, require_chromium, serving, shot, simulated_services
+from .browser import (
+    PHONE,
+    free_port,
+    migrated_sqlite,
+    require_chromium,
+    serving,
+    shot,
+    simulated_services,
+    two_subscribers,
+)
 
 SECRET = "u" * 40
 
@@ -40,19 +43,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Services]]:
     base = f"http://127.0.0.1:{port}"
     services = simulated_services(url, base, SECRET, company_name="Acme Cloud")
     now = datetime.now(UTC)
-    for i, (locale, country, tz, money) in enumerate(
-        [
-            ("es", "MX", "America/Mexico_City", Money(29900, "MXN")),
-            ("en", "US", "America/New_York", Money(1900, "USD")),
-        ]
-    ):
-        customer = Customer(
-            f"cus_{i}", f"c{i}@example.com", locale, tz, country, "Ana" if locale == "es" else "Alex"
-        )
-        plan = Plan(f"pro-{money.currency.lower()}", "Pro", Interval.MONTH, money)
-        sub = Subscription(
-            f"sub_{i}", customer.id, plan, SubscriptionStatus.ACTIVE, now - timedelta(days=200)
-        )
+    for i, (customer, sub) in enumerate(two_subscribers(now)):
+        money = sub.plan.price
         method = PaymentMethod(
             f"pm_{i}",
             customer.id,

@@ -105,6 +105,18 @@ def actions(gateway: SimulatedGateway) -> list[tuple[str, str]]:
     return [(str(a.kind), a.target_id) for a in gateway.subscription_actions()]
 
 
+REASONS = (
+    "too_expensive",
+    "not_using",
+    "missing_feature",
+    "switching",
+    "technical_problems",
+    "temporary",
+    "other",
+)
+"""Every exit reason the page offers, spelt out (not read from the code under test)."""
+
+
 def form(reason: str, step: str = "reason", **extra: str) -> dict[str, str]:
     return {"step": step, "reason": reason, "comment": "", **extra}
 
@@ -115,15 +127,7 @@ def test_the_reason_form_is_labelled_and_in_the_customers_language(journey: Jour
     assert 'lang="en"' in page.text
     assert "Cancel your subscription" in page.text
     assert "$19.00" in page.text
-    for reason in (
-        "too_expensive",
-        "not_using",
-        "missing_feature",
-        "switching",
-        "technical_problems",
-        "temporary",
-        "other",
-    ):
+    for reason in REASONS:
         assert f'<label class="choice" for="reason-{reason}">' in page.text
     assert 'for="anonymous"' in page.text
     assert page.headers["Cache-Control"] == "no-store"
@@ -210,18 +214,7 @@ def test_without_an_offer_the_customer_confirms_then_cancels(journey: Journey) -
     assert journey.surveys()[0]["offer"] is None
 
 
-@pytest.mark.parametrize(
-    "reason",
-    [
-        "too_expensive",
-        "not_using",
-        "missing_feature",
-        "switching",
-        "technical_problems",
-        "temporary",
-        "other",
-    ],
-)
+@pytest.mark.parametrize("reason", REASONS)
 def test_every_reason_completes_the_journey(journey: Journey, reason: str) -> None:
     link = journey.link()
     data = form(reason, comment="because" if reason == "other" else "")
