@@ -4,6 +4,8 @@ language, the signed link's check and the pages that say something went wrong.""
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 import jinja2
@@ -105,3 +107,27 @@ def amount(money: Money, locale: str, lang: str) -> str:
         return format_amount(money, locale)
     except ValueError:
         return format_amount(money, lang)
+
+
+_LINK_IN_PATH = re.compile(r"(/p/[a-z_]+/)[^/?#\s\"]+")
+
+
+class LinkTokens(logging.Filter):
+    """Hides the token of a hosted page's address in a log line (``/p/cancel/[link]``):
+    the token is the customer's credential, and access logs are read by many."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _LINK_IN_PATH.sub(r"\1[link]", a) if isinstance(a, str) else a for a in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = _LINK_IN_PATH.sub(r"\1[link]", record.msg)
+        return True
+
+
+def hide_link_tokens(logger_name: str = "uvicorn.access") -> None:
+    """Put ``LinkTokens`` on the server's access log (once, however many applications)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, LinkTokens) for f in logger.filters):
+        logger.addFilter(LinkTokens())

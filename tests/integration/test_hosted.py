@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -201,3 +202,20 @@ def test_with_the_simulated_gateway_the_page_loads_no_outside_script(page: Page)
     assert "<script" not in answer.text
     assert "js.stripe.com" not in answer.headers["Content-Security-Policy"]
     assert 'name="last4"' in answer.text
+
+
+@pytest.mark.parametrize("purpose", ["update_payment", "unsubscribe", "cancel", "reactivate"])
+def test_the_access_log_never_shows_a_links_token(
+    page: Page, caplog: pytest.LogCaptureFixture, purpose: str
+) -> None:
+    """The link is the customer's credential: the server's access log keeps the page
+    it led to, never the token."""
+    token = page.link().rsplit("/", 1)[1]
+    access = logging.getLogger("uvicorn.access")
+    line = '%s - "%s %s HTTP/%s" %d'  # as uvicorn logs a request
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        access.info(line, "203.0.113.9:5000", "GET", f"/p/{purpose}/{token}?lang=es", "1.1", 200)
+        access.info(line, "203.0.113.9:5000", "POST", f"/p/{purpose}/{token}/stripe", "1.1", 200)
+    assert token not in caplog.text
+    assert f"/p/{purpose}/[link]?lang=es" in caplog.text
+    assert f"/p/{purpose}/[link]/stripe" in caplog.text
