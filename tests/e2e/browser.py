@@ -69,8 +69,10 @@ def migrated_sqlite(path: Path) -> str:
     return url
 
 
-def simulated_services(url: str, base: str, secret: str, **settings: Any) -> Services:
-    """The services on ``url`` with the simulated gateway and the shipped default policy."""
+def simulated_services(url: str, secret: str, **settings: Any) -> Services:
+    """The services on ``url`` with the simulated gateway and the shipped default policy,
+    to be served at ``http://127.0.0.1:<a free port>`` (their ``public_url``)."""
+    base = f"http://127.0.0.1:{free_port()}"
     config = Settings(database_url=url, link_secret=secret, public_url=base, **settings)
     store = open_store(url)
     engine = build_engine(
@@ -97,8 +99,11 @@ def two_subscribers(now: datetime) -> list[tuple[Customer, Subscription]]:
 
 
 @contextmanager
-def serving(services: Services, port: int) -> Iterator[None]:
-    """The application under uvicorn on ``127.0.0.1:port`` until the block ends."""
+def serving(services: Services) -> Iterator[str]:
+    """The application under uvicorn at its ``public_url`` (on loopback) until the
+    block ends; yields that address."""
+    base = services.settings.public_url
+    port = int(base.rsplit(":", 1)[1])
     server = uvicorn.Server(
         uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -109,7 +114,7 @@ def serving(services: Services, port: int) -> Iterator[None]:
         time.sleep(0.05)
     assert server.started, "the service did not start"
     try:
-        yield
+        yield base
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -79,7 +79,7 @@ def service(tmp_path: Path) -> Iterator[tuple[str, Services]]:
     composer = TemplateComposer(Renderer(), links, policies.policies, Sender("Acme", "ayuda@example.com"))
     Messenger(store, {ChannelKind.IN_APP: InAppChannel()}, composer).dispatch(now)
 
-    with serving(services, port):
+    with serving(services):
         yield base, services
 
 

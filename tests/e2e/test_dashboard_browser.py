@@ -43,9 +43,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Serv
         show_progress=False,
         messages=False,
     )
-    port = b.free_port()
-    base = f"http://127.0.0.1:{port}"
-    services = b.simulated_services(url, base, SECRET, company_name="Acme Cloud")
+    services = b.simulated_services(url, SECRET, company_name="Acme Cloud")
     store = services.store
     create_admin(store.engine, EMAIL, PASSWORD, datetime.now(UTC))
     answers = [
@@ -72,7 +70,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Serv
                 )
             )
     try:
-        with b.serving(services, port):
+        with b.serving(services) as base:
             yield base, services
     finally:
         services.close()

@@ -18,7 +18,6 @@ from .browser import (
     DESKTOP,
     PHONE,
     fits,
-    free_port,
     migrated_sqlite,
     require_chromium,
     serving,
@@ -37,15 +36,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 def served(tmp_path: Path) -> Iterator[tuple[str, Services]]:
     require_chromium()
     url = migrated_sqlite(tmp_path / "r.db")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    services = simulated_services(
-        url, base, SECRET, company_name="Acme Cloud", support_email="help@acme.example"
-    )
+    services = simulated_services(url, SECRET, company_name="Acme Cloud", support_email="help@acme.example")
     now = datetime.now(UTC)
     for i, (customer, sub) in enumerate(two_subscribers(now)):
         services.engine.handle(SubscriptionUpdated(f"evt_{i}", now - timedelta(hours=1), customer, sub))
-    with serving(services, port):
+    with serving(services) as base:
         yield base, services
 
 

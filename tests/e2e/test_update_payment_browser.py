@@ -21,7 +21,6 @@ from recobra.web.services import Services
 
 from .browser import (
     PHONE,
-    free_port,
     migrated_sqlite,
     require_chromium,
     serving,
@@ -38,10 +37,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Services]]:
     require_chromium()
-    url = migrated_sqlite(tmp_path / "r.db")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    services = simulated_services(url, base, SECRET, company_name="Acme Cloud")
+    services = simulated_services(migrated_sqlite(tmp_path / "r.db"), SECRET, company_name="Acme Cloud")
     now = datetime.now(UTC)
     for i, (customer, sub) in enumerate(two_subscribers(now)):
         money = sub.plan.price
@@ -68,7 +64,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Services]]:
                 "51",
             )
         )
-    with serving(services, port):
+    with serving(services) as base:
         yield base, services
 
 
