@@ -65,7 +65,8 @@ def fixed_policy(*more_steps: str, name: str = "integration", extra: str = "") -
     the due times. Three retries (+1d, +3d, +6d) in a 10-day window, 2 days' grace,
     then cancel; ``more_steps`` (TOML inline tables, messages say) after them, and
     ``extra`` (more tables) after the policy."""
-    steps = ",\n    ".join(['{ after = "1d" }', '{ after = "3d" }', '{ after = "6d" }', *more_steps])
+    retries = '{ after = "1d" }, { after = "3d" }, { after = "6d" }'
+    steps = f"[\n    {retries},\n    " + ",\n    ".join(more_steps) + ",\n]" if more_steps else f"[{retries}]"
     return f"""\
 name = "{name}"
 version = 1
@@ -78,11 +79,8 @@ max_days = 10
 grace_days = 2
 final_action = "cancel"
 min_interval = "1h"
-steps = [
-    {steps},
-]
-{extra}
-"""
+steps = {steps}
+{extra}"""
 
 
 TEST_POLICY = fixed_policy()
