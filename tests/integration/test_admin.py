@@ -288,6 +288,23 @@ def test_write_off_needs_a_reason_and_changes_nothing_without_one(signed_in: Das
     assert signed_in.db.case(CASE)["status"] == "open"
 
 
+def test_a_too_long_pause_reason_is_named_on_the_pause_field(signed_in: Dash) -> None:
+    before = signed_in.db.counts()
+    long = "x" * 501
+    answer = signed_in.act("pause", reason=long)
+    assert answer.status_code == 422
+    assert "at most 500 characters" in answer.text
+    pause = re.search(r'<input id="pause-reason"[^>]*>', answer.text)
+    write_off = re.search(r'<input id="reason"[^>]*>', answer.text)
+    assert pause
+    assert write_off
+    assert 'aria-invalid="true"' in pause.group(0)
+    assert long in pause.group(0)  # what was typed, back in its own field
+    assert "aria-invalid" not in write_off.group(0)
+    assert long not in write_off.group(0)
+    assert signed_in.db.counts() == before
+
+
 def test_an_action_on_a_closed_case_is_a_conflict(signed_in: Dash) -> None:
     signed_in.act("write-off", reason="insolvent")
     before = signed_in.db.counts()

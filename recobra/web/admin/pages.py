@@ -388,8 +388,10 @@ def _case_page(
     *,
     status: int = 200,
     errors: dict[str, str] | None = None,
-    reason: str = "",
+    values: dict[str, str] | None = None,
 ) -> HTMLResponse:
+    """The case's page; ``errors`` and ``values`` by the id of the form field (the pause
+    and the write-off forms each have their own reason field)."""
     with Session(svc.store.engine) as db:
         row = db.get(queries.CaseRow, case_id)
         if row is None:
@@ -411,7 +413,7 @@ def _case_page(
         paused=row.next_action == "paused",
         done=done,
         errors=errors or {},
-        reason=reason,
+        values=values or {},
     )
 
 
@@ -437,8 +439,9 @@ def case_action(
         errors = {"reason": "Reason (reason): say why the case is written off; it goes on its timeline."}
         return _case_page(request, svc, session, case_id, status=422, errors=errors)
     if len(reason) > 500:
-        errors = {"reason": "Reason (reason): at most 500 characters."}
-        return _case_page(request, svc, session, case_id, status=422, errors=errors, reason=reason)
+        field = "pause-reason" if action == "pause" else "reason"
+        errors = {field: "Reason (reason): at most 500 characters."}
+        return _case_page(request, svc, session, case_id, status=422, errors=errors, values={field: reason})
     try:
         if action == "retry":
             engine.retry_now(case_id, now, operator=who)
