@@ -69,6 +69,9 @@ GatewaySettingOpt = Annotated[
 PolicyOpt = Annotated[
     Path | None, typer.Option("--policy", help="Policy file (TOML); default: the shipped policy")
 ]
+TemplatesOpt = Annotated[
+    Path | None, typer.Option(help="Folder of templates overriding the shipped ones")
+]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -113,9 +116,7 @@ def init(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
 @policy_app.command("check")
 def policy_check(
     file: Path,
-    templates: Annotated[
-        Path | None, typer.Option(help="Folder of templates overriding the shipped ones")
-    ] = None,
+    templates: TemplatesOpt = None,
 ) -> None:
     """Validate a policy file and the templates of every message it sends; errors name
     the field (or template) and the reason."""
@@ -309,9 +310,7 @@ def messages_preview(
     locale: Annotated[str, typer.Option(help="es or en (or a regional locale such as es_MX)")] = "en",
     channel: Annotated[str, typer.Option(help="email, sms, voice, push or in_app")] = "email",
     out: Annotated[Path | None, typer.Option(help="Where to write an email's HTML")] = None,
-    templates: Annotated[
-        Path | None, typer.Option(help="Folder of templates overriding the shipped ones")
-    ] = None,
+    templates: TemplatesOpt = None,
 ) -> None:
     """Render one message with sample data; an email's HTML goes to a file to open in a browser."""
     from recobra.messages.preview import PreviewError, preview  # noqa: PLC0415
@@ -960,6 +959,27 @@ api_keys_app = typer.Typer(
 app.add_typer(api_keys_app, name="api-keys")
 
 
+def _list_table(first: tuple[str, int], *columns: str) -> Table:
+    """A table of credentials: the first column (its least width) kept on one line,
+    then ``columns`` and a status."""
+    t = Table()
+    t.add_column(first[0], no_wrap=True, min_width=first[1] or None)
+    for col in (*columns, "status"):
+        t.add_column(col)
+    return t
+
+
+def _lifetime(
+    created: datetime, last_used: datetime | None, ended: datetime | None, ended_as: str
+) -> tuple[str, str, str]:
+    """Created, last used (or never) and the status (active, or revoked/disabled when)."""
+    return (
+        f"{created:%Y-%m-%d %H:%M}",
+        f"{last_used:%Y-%m-%d %H:%M}" if last_used else "never",
+        f"{ended_as} {ended:%Y-%m-%d %H:%M}" if ended else "active",
+    )
+
+
 @api_keys_app.command("create")
 def api_keys_create(
     name: Annotated[str, typer.Argument(help="What uses the key, e.g. billing-backend")],
@@ -993,19 +1013,9 @@ def api_keys_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
     if not keys:
         console.print("no API keys yet: create one with `recobra api-keys create NAME`")
         return
-    t = Table()
-    t.add_column("id", no_wrap=True, min_width=max(len(k.id) for k in keys))
-    for col in ("name", "key", "created (UTC)", "last used (UTC)", "status"):
-        t.add_column(col)
+    t = _list_table(("id", max(len(k.id) for k in keys)), "name", "key", "created (UTC)", "last used (UTC)")
     for k in keys:
-        t.add_row(
-            k.id,
-            k.name,
-            k.display,
-            f"{k.created_at:%Y-%m-%d %H:%M}",
-            f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never",
-            f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active",
-        )
+        t.add_row(k.id, k.name, k.display, *_lifetime(k.created_at, k.last_used_at, k.revoked_at, "revoked"))
     console.print(t)
 
 
@@ -1074,18 +1084,9 @@ def admin_users_list(config: ConfigOpt = None, database_url: DbOpt = None) -> No
     if not users:
         console.print("no users yet: create one with `recobra admin-users create EMAIL`")
         return
-    t = Table()
-    t.add_column("email", no_wrap=True)
-    for col in ("id", "created (UTC)", "last sign-in (UTC)", "status"):
-        t.add_column(col)
+    t = _list_table(("email", 0), "id", "created (UTC)", "last sign-in (UTC)")
     for u in users:
-        t.add_row(
-            u.email,
-            u.id,
-            f"{u.created_at:%Y-%m-%d %H:%M}",
-            f"{u.last_login_at:%Y-%m-%d %H:%M}" if u.last_login_at else "never",
-            f"disabled {u.disabled_at:%Y-%m-%d %H:%M}" if u.disabled_at else "active",
-        )
+        t.add_row(u.email, u.id, *_lifetime(u.created_at, u.last_login_at, u.disabled_at, "disabled"))
     console.print(t)
 
 

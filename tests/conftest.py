@@ -44,21 +44,31 @@ from recobra.engine.commands import (
 )
 from recobra.engine.service import Engine
 from recobra.gateways.simulated import SimulatedGateway
+from recobra.messages.links import LinkSigner
 from recobra.policyfile import parse_policy
 from recobra.ports import PaymentGateway
+from recobra.settings import Settings
 from recobra.store.migrate import upgrade
 from recobra.store.sql import SqlStore, make_engine
 from recobra.store.tables import Base
+from recobra.web.services import Services
 
 DATABASE_URL_ENV = "RECOBRA_TEST_DATABASE_URL"
 
 # A Monday, midday UTC: far from any month end, so nothing below depends on paydays.
 T0 = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
 
-# A "fixed" policy: retries land exactly at opened_at + step, so tests can name the
-# due times. Three retries in a 10-day window, 2 days' grace, then cancel.
-TEST_POLICY = """\
-name = "integration"
+
+
+def fixed_policy(*more_steps: str, name: str = "integration", extra: str = "") -> str:
+    """A "fixed" policy: retries land exactly at opened_at + step, so tests can name
+    the due times. Three retries (+1d, +3d, +6d) in a 10-day window, 2 days' grace,
+    then cancel; ``more_steps`` (TOML inline tables, messages say) after them, and
+    ``extra`` (more tables) after the policy."""
+    retries = '{ after = "1d" }, { after = "3d" }, { after = "6d" }'
+    steps = f"[\n    {retries},\n    " + ",\n    ".join(more_steps) + ",\n]" if more_steps else f"[{retries}]"
+    return f"""\
+name = "{name}"
 version = 1
 default_policy = "standard"
 
@@ -69,8 +79,31 @@ max_days = 10
 grace_days = 2
 final_action = "cancel"
 min_interval = "1h"
-steps = [{ after = "1d" }, { after = "3d" }, { after = "6d" }]
-"""
+steps = {steps}
+{extra}"""
+
+
+TEST_POLICY = fixed_policy()
+
+
+def web_services(
+    store: SqlStore,
+    engine: Engine,
+    database_url: str,
+    *,
+    secret: str,
+    public_url: str,
+    clock: Callable[[], datetime],
+    **settings: Any,
+) -> Services:
+    """The web application's services on the test store and engine, at ``clock``'s time."""
+    return Services(
+        settings=Settings(database_url=database_url, link_secret=secret, public_url=public_url, **settings),
+        store=store,
+        engine=engine,
+        links=LinkSigner(secret, public_url),
+        clock=clock,
+    )
 
 
 # --------------------------------------------------------------------------- databases

@@ -50,6 +50,7 @@ from recobra.web.api import (
 )
 from recobra.web.auth import require_api_key
 from recobra.web.problems import Problem
+from recobra.web.services import Services
 
 # --------------------------------------------------------------------------- models
 
@@ -199,8 +200,33 @@ def after_desc(
     return or_(column < values[0], and_(column == values[0], tie < values[1]))
 
 
-def _page_slice(rows: list[Any], limit: int) -> tuple[list[Any], bool]:
-    return rows[:limit], len(rows) > limit
+def _keyset_page(
+    services: Services,
+    stmt: Any,
+    kind: str,
+    cursor: str | None,
+    limit: int,
+    order: tuple[InstrumentedAttribute[Any], ...],
+    shape: Sequence[type],
+) -> tuple[list[Any], str | None]:
+    """One page of ``stmt``'s rows, after ``cursor``, and the cursor of the next page
+    (None on the last). ``order`` is the sort key of the row's first entity: an id
+    alone (ascending), or a column and an id to break ties (both descending)."""
+    if len(order) == 1:
+        if cursor:
+            (last_id,) = decode_cursor(kind, cursor, shape)
+            stmt = stmt.where(order[0] > last_id)
+        stmt = stmt.order_by(order[0])
+    else:
+        if cursor:
+            stmt = stmt.where(after_desc(order[0], order[1], decode_cursor(kind, cursor, shape)))
+        stmt = stmt.order_by(order[0].desc(), order[1].desc())
+    with Session(services.store.engine) as session:
+        rows = list(session.execute(stmt.limit(limit + 1)))
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(kind, *(getattr(rows[-1][0], column.key) for column in order))
 
 
 # --------------------------------------------------------------------------- row -> model
@@ -274,16 +300,8 @@ def list_customers(
     if email is not None:
         # Billing systems keep the case the customer typed; people do not remember it.
         stmt = stmt.where(func.lower(CustomerRow.email) == func.lower(email.strip()))
-    if cursor:
-        (last_id,) = decode_cursor("customers", cursor, [str])
-        stmt = stmt.where(CustomerRow.id > last_id)
-    stmt = stmt.order_by(CustomerRow.id).limit(limit + 1)
-    with Session(services.store.engine) as session:
-        rows, more = _page_slice(list(session.scalars(stmt)), limit)
-    return CustomerPage(
-        data=[CustomerSummary.model_validate(r) for r in rows],
-        next_cursor=encode_cursor("customers", rows[-1].id) if more else None,
-    )
+    rows, after = _keyset_page(services, stmt, "customers", cursor, limit, (CustomerRow.id,), [str])
+    return CustomerPage(data=[CustomerSummary.model_validate(c) for (c,) in rows], next_cursor=after)
 
 
 @router.get("/subscriptions", summary="List subscriptions, newest first", responses=INVALID)
@@ -301,17 +319,9 @@ def list_subscriptions(
         stmt = stmt.where(SubscriptionRow.customer_id == customer_id)
     if status is not None:
         stmt = stmt.where(SubscriptionRow.status == status.value)
-    if cursor:
-        position = decode_cursor("subscriptions", cursor, [datetime, str])
-        stmt = stmt.where(after_desc(SubscriptionRow.started_at, SubscriptionRow.id, position))
-    stmt = stmt.order_by(SubscriptionRow.started_at.desc(), SubscriptionRow.id.desc()).limit(limit + 1)
-    with Session(services.store.engine) as session:
-        rows, more = _page_slice(list(session.execute(stmt)), limit)
-    last = rows[-1][0] if rows else None
-    return SubscriptionPage(
-        data=[_subscription(sub, plan) for sub, plan in rows],
-        next_cursor=encode_cursor("subscriptions", last.started_at, last.id) if more and last else None,
-    )
+    order = (SubscriptionRow.started_at, SubscriptionRow.id)
+    rows, after = _keyset_page(services, stmt, "subscriptions", cursor, limit, order, [datetime, str])
+    return SubscriptionPage(data=[_subscription(sub, plan) for sub, plan in rows], next_cursor=after)
 
 
 @router.get(
@@ -354,17 +364,9 @@ def list_invoices(
         stmt = stmt.where(InvoiceRow.subscription_id == subscription_id)
     if status is not None:
         stmt = stmt.where(InvoiceRow.status == status.value)
-    if cursor:
-        position = decode_cursor("invoices", cursor, [datetime, str])
-        stmt = stmt.where(after_desc(InvoiceRow.created_at, InvoiceRow.id, position))
-    stmt = stmt.order_by(InvoiceRow.created_at.desc(), InvoiceRow.id.desc()).limit(limit + 1)
-    with Session(services.store.engine) as session:
-        rows, more = _page_slice(list(session.execute(stmt)), limit)
-    last = rows[-1][0] if rows else None
-    return InvoicePage(
-        data=[_invoice(inv, case_id) for inv, case_id in rows],
-        next_cursor=encode_cursor("invoices", last.created_at, last.id) if more and last else None,
-    )
+    order = (InvoiceRow.created_at, InvoiceRow.id)
+    rows, after = _keyset_page(services, stmt, "invoices", cursor, limit, order, [datetime, str])
+    return InvoicePage(data=[_invoice(inv, case_id) for inv, case_id in rows], next_cursor=after)
 
 
 @router.get(
@@ -390,16 +392,9 @@ def list_payment_methods(
     stmt = select(PaymentMethodRow)
     if customer_id is not None:
         stmt = stmt.where(PaymentMethodRow.customer_id == customer_id)
-    if cursor:
-        (last_id,) = decode_cursor("payment-methods", cursor, [str])
-        stmt = stmt.where(PaymentMethodRow.id > last_id)
-    stmt = stmt.order_by(PaymentMethodRow.id).limit(limit + 1)
-    with Session(services.store.engine) as session:
-        rows, more = _page_slice(list(session.scalars(stmt)), limit)
-    return PaymentMethodPage(
-        data=[PaymentMethodDetail.model_validate(r) for r in rows],
-        next_cursor=encode_cursor("payment-methods", rows[-1].id) if more else None,
-    )
+    order = (PaymentMethodRow.id,)
+    rows, after = _keyset_page(services, stmt, "payment-methods", cursor, limit, order, [str])
+    return PaymentMethodPage(data=[PaymentMethodDetail.model_validate(m) for (m,) in rows], next_cursor=after)
 
 
 @router.get(
@@ -445,17 +440,9 @@ def list_attempts(
                 errors=[{"field": "since", "reason": "out of range"}],
             ) from None
         stmt = stmt.where(AttemptRow.at >= since)
-    if cursor:
-        position = decode_cursor("attempts", cursor, [datetime, int])
-        stmt = stmt.where(after_desc(AttemptRow.at, AttemptRow.id, position))
-    stmt = stmt.order_by(AttemptRow.at.desc(), AttemptRow.id.desc()).limit(limit + 1)
-    with Session(services.store.engine) as session:
-        rows, more = _page_slice(list(session.execute(stmt)), limit)
-    last = rows[-1][0] if rows else None
-    return AttemptPage(
-        data=[_attempt_detail(a, c) for a, c in rows],
-        next_cursor=encode_cursor("attempts", last.at, last.id) if more and last else None,
-    )
+    order = (AttemptRow.at, AttemptRow.id)
+    rows, after = _keyset_page(services, stmt, "attempts", cursor, limit, order, [datetime, int])
+    return AttemptPage(data=[_attempt_detail(a, c) for a, c in rows], next_cursor=after)
 
 
 @router.get(

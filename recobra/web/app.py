@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from recobra.web import problems, ratelimit
+from recobra.web.pages import hide_link_tokens
 from recobra.web.services import Services
 
 
@@ -28,6 +29,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     problems.install(app)
     ratelimit.install(app, services.settings)
+    hide_link_tokens()  # hosted pages' addresses carry their credential
     for include in _routers():
         include(app)
     return app

@@ -20,17 +20,17 @@ import secrets
 from datetime import datetime
 from typing import Annotated, Any
 
-import jinja2
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse
 
 from recobra.domain.case import CaseStatus
 from recobra.domain.model import Funding, PaymentMethod
 from recobra.engine.commands import PaymentMethodUpdated
-from recobra.messages.formatting import describe_decline, format_amount
-from recobra.messages.links import LinkError, LinkExpired, SignedLink
+from recobra.messages.formatting import describe_decline
+from recobra.messages.links import SignedLink
 from recobra.web.hosted_text import TEXT
-from recobra.web.services import Services, get_services
+from recobra.web.pages import CSP, amount, common, language, link_problem, notice, page, verify
+from recobra.web.services import Services, ServicesDep
 
 BRANDS = (
     ("visa", "Visa"),
@@ -38,72 +38,6 @@ BRANDS = (
     ("amex", "American Express"),
     ("other", "Other / Otra"),
 )
-
-_env = jinja2.Environment(
-    loader=jinja2.PackageLoader("recobra.web", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-)
-
-
-CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
-
-
-def _page(name: str, status: int = 200, *, csp: str = CSP, **context: Any) -> HTMLResponse:
-    html = _env.get_template(name).render(**context)
-    return HTMLResponse(
-        html,
-        status_code=status,
-        headers={
-            "Cache-Control": "no-store",
-            "Referrer-Policy": "no-referrer",  # the URL is a credential
-            "X-Frame-Options": "DENY",
-            "Content-Security-Policy": csp,
-        },
-    )
-
-
-def _lang(request: Request, customer_locale: str | None) -> str:
-    asked = request.query_params.get("lang")
-    if asked in TEXT:
-        return asked
-    return customer_locale if customer_locale in TEXT else "en"
-
-
-def _common(request: Request, svc: Services, lang: str) -> dict[str, Any]:
-    other = "es" if lang == "en" else "en"
-    return {
-        "lang": lang,
-        "t": TEXT[lang],
-        "company": svc.settings.company_name,
-        "switch_url": f"{request.url.path}?lang={other}",
-    }
-
-
-def _link_problem(request: Request, svc: Services, lang: str, kind: str, status: int) -> HTMLResponse:
-    t = TEXT[lang]
-    return _page(
-        "notice.html.j2",
-        status,
-        **_common(request, svc, lang),
-        title=t[f"{kind}_title"],
-        heading=t[f"{kind}_title"],
-        body=t[kind].format(support=svc.settings.support_email),
-        again_url=None,
-    )
-
-
-def _verify(
-    request: Request, svc: Services, token: str, purpose: str = "update_payment"
-) -> SignedLink | HTMLResponse:
-    lang = _lang(request, None)
-    try:
-        return svc.links.verify(purpose, token, now=svc.now())
-    except LinkExpired:
-        return _link_problem(request, svc, lang, "expired", 410)
-    except LinkError:
-        return _link_problem(request, svc, lang, "invalid", 404)
-
 
 def _case_view(svc: Services, link: SignedLink) -> dict[str, Any] | None:
     with svc.store.unit_of_work() as uow:
@@ -125,10 +59,10 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/p/update_payment/{token}")
-def update_payment_page(
-    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+def update_paymentpage(
+    token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
-    link = _verify(request, svc, token)
+    link = verify(request, svc, token, "update_payment")
     if isinstance(link, HTMLResponse):
         return link
     view = _case_view(svc, link)
@@ -147,24 +81,17 @@ def _render_update(
     link: SignedLink | None = None,
 ) -> HTMLResponse:
     customer_locale = view["bundle"].customer.locale if view else None
-    lang = _lang(request, customer_locale)
+    lang = language(request, customer_locale)
     if view is None:
-        return _link_problem(request, svc, lang, "invalid", 404)
+        return link_problem(request, svc, lang, "invalid", 404)
     if view["used"]:
-        return _link_problem(request, svc, lang, "used", 410)
+        return link_problem(request, svc, lang, "used", 410)
     bundle = view["bundle"]
     case, customer, method = bundle.case, bundle.customer, bundle.payment_method
     t = TEXT[lang]
-    common = _common(request, svc, lang)
+    shared = common(request, svc, lang)
     if not case.is_active:
-        return _page(
-            "notice.html.j2",
-            **common,
-            title=t["nothing_owed_title"],
-            heading=t["nothing_owed_title"],
-            body=t["nothing_owed"],
-            again_url=None,
-        )
+        return notice(request, svc, lang, t["nothing_owed_title"], t["nothing_owed"])
     locale = f"{lang}_{customer.country}"
     stripe_page: dict[str, Any] = {"stripe": None}
     csp = CSP
@@ -180,25 +107,17 @@ def _render_update(
                 return_url=f"{svc.settings.public_url.rstrip('/')}/p/update_payment/{token}/stripe?lang={lang}",
             )
         except stripe_hosted.ElementUnavailable:
-            return _page(
-                "notice.html.j2",
-                503,
-                **common,
-                title=t["stripe_unavailable_title"],
-                heading=t["stripe_unavailable_title"],
-                body=t["stripe_unavailable"].format(support=svc.settings.support_email),
-                again_url=f"/p/update_payment/{token}?lang={lang}",
-            )
+            return _stripe_unavailable(request, svc, lang, f"/p/update_payment/{token}?lang={lang}")
         stripe_page = {"stripe": element, "nonce": nonce, "stripe_locale": lang}
         csp = stripe_hosted.content_security_policy(nonce)
-    return _page(
+    return page(
         "update_payment.html.j2",
         status,
         csp=csp,
         **stripe_page,
-        **common,
+        **shared,
         title=t["title_update"],
-        amount=_amount(case.amount, locale, lang),
+        amount=amount(case.amount, locale, lang),
         plan=view["plan"],
         reason=describe_decline(case.last_decline.category, lang),
         card_brand=method.brand.title() if method else None,
@@ -211,11 +130,11 @@ def _render_update(
     )
 
 
-def _amount(money: Any, locale: str, lang: str) -> str:
-    try:
-        return format_amount(money, locale)
-    except ValueError:
-        return format_amount(money, lang)
+def _year(raw: str) -> int:
+    """The expiry year as typed (``31``, ``031`` or ``2031``), 0 when it is not one.
+    The check and the stored card both use this one reading."""
+    year = int(raw) if raw.isdigit() else 0
+    return year + 2000 if 0 < year < 100 else year
 
 
 def _validate(form: dict[str, str], now: datetime, t: dict[str, str]) -> dict[str, str]:
@@ -225,9 +144,7 @@ def _validate(form: dict[str, str], now: datetime, t: dict[str, str]) -> dict[st
     if not (len(form["last4"]) == 4 and form["last4"].isdigit()):
         errors["last4"] = t["err_last4"]
     month = int(form["exp_month"]) if form["exp_month"].isdigit() else 0
-    year = int(form["exp_year"]) if form["exp_year"].isdigit() else 0
-    if year and year < 100:
-        year += 2000
+    year = _year(form["exp_year"])
     if not 1 <= month <= 12:
         errors["exp_month"] = t["err_month"]
     if not now.year <= year <= now.year + 20:
@@ -241,14 +158,14 @@ def _validate(form: dict[str, str], now: datetime, t: dict[str, str]) -> dict[st
 def update_payment_submit(
     token: str,
     request: Request,
-    svc: Annotated[Services, Depends(get_services)],
+    svc: ServicesDep,
     brand: Annotated[str, Form(max_length=20)] = "",
     last4: Annotated[str, Form(max_length=8)] = "",
     exp_month: Annotated[str, Form(max_length=4)] = "",
     exp_year: Annotated[str, Form(max_length=6)] = "",
     outcome: Annotated[str, Form(max_length=10)] = "ok",
 ) -> HTMLResponse:
-    link = _verify(request, svc, token)
+    link = verify(request, svc, token, "update_payment")
     if isinstance(link, HTMLResponse):
         return link
     view = _case_view(svc, link)
@@ -265,14 +182,14 @@ def update_payment_submit(
         # Cards are entered in Stripe's element, never posted here.
         return _render_update(request, svc, token, view, form={}, errors={}, link=link)
     bundle = view["bundle"]
-    lang = _lang(request, bundle.customer.locale)
+    lang = language(request, bundle.customer.locale)
     t = TEXT[lang]
     now = svc.now()
     errors = _validate(form, now, t)
     if errors:
         return _render_update(request, svc, token, view, form=form, errors=errors, status=422)
 
-    year = int(form["exp_year"]) + (2000 if len(form["exp_year"]) <= 2 else 0)
+    year = _year(form["exp_year"])
     reference = secrets.token_hex(8)
     simulated = svc.engine.gateway.name == "simulated"
     gateway_token = (
@@ -310,34 +227,28 @@ def _result(
         if after.status is CaseStatus.RECOVERED:
             uow.use_link(link.nonce, link.purpose, link.subject, now)
             uow.commit()
-    common = _common(request, svc, lang)
-    amount = _amount(case.amount, f"{lang}_{bundle.customer.country}", lang)
     if after.status is CaseStatus.RECOVERED:
-        return _page(
-            "notice.html.j2",
-            **common,
-            title=t["recovered_title"],
-            heading=t["recovered_title"],
-            body=t["recovered"].format(amount=amount, plan=view["plan"]),
-            again_url=None,
+        owed = amount(case.amount, f"{lang}_{bundle.customer.country}", lang)
+        return notice(
+            request, svc, lang, t["recovered_title"], t["recovered"].format(amount=owed, plan=view["plan"])
         )
-    return _page(
-        "notice.html.j2",
+    return notice(
+        request,
+        svc,
+        lang,
+        t["declined_title"],
+        t["declined"].format(reason=describe_decline(after.last_decline.category, lang)),
         402,
-        **common,
-        title=t["declined_title"],
-        heading=t["declined_title"],
-        body=t["declined"].format(reason=describe_decline(after.last_decline.category, lang)),
         again_url=f"/p/update_payment/{token}?lang={lang}",
     )
 
 
 @router.get("/p/update_payment/{token}/stripe")
 def update_payment_stripe_return(
-    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+    token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     """Where Stripe sends the customer back after the element confirmed (or failed)."""
-    link = _verify(request, svc, token)
+    link = verify(request, svc, token, "update_payment")
     if isinstance(link, HTMLResponse):
         return link
     view = _case_view(svc, link)
@@ -347,7 +258,7 @@ def update_payment_stripe_return(
     from recobra.stripe import hosted as stripe_hosted  # noqa: PLC0415
 
     bundle = view["bundle"]
-    lang = _lang(request, bundle.customer.locale)
+    lang = language(request, bundle.customer.locale)
     t = TEXT[lang]
     params = {k: v for k, v in request.query_params.items() if k in ("setup_intent", "payment_intent")}
     try:
@@ -355,28 +266,20 @@ def update_payment_stripe_return(
             svc.engine.gateway, svc.engine, bundle.case, params, svc.now()  # type: ignore[arg-type]
         )
     except LookupError:
-        return _link_problem(request, svc, lang, "invalid", 404)
+        return link_problem(request, svc, lang, "invalid", 404)
     except stripe_hosted.ElementUnavailable:
-        return _page(
-            "notice.html.j2",
-            503,
-            **_common(request, svc, lang),
-            title=t["stripe_unavailable_title"],
-            heading=t["stripe_unavailable_title"],
-            body=t["stripe_unavailable"].format(support=svc.settings.support_email),
-            again_url=f"{request.url.path}?{request.url.query}",
-        )
+        return _stripe_unavailable(request, svc, lang, f"{request.url.path}?{request.url.query}")
     if back.command is not None:
         svc.engine.handle(back.command)
         return _result(request, svc, token, link, view, lang)
     kind = "stripe_processing" if back.state == "processing" else "stripe_failed"
-    return _page(
-        "notice.html.j2",
+    return notice(
+        request,
+        svc,
+        lang,
+        t[f"{kind}_title"],
+        t[kind],
         202 if back.state == "processing" else 402,
-        **_common(request, svc, lang),
-        title=t[f"{kind}_title"],
-        heading=t[f"{kind}_title"],
-        body=t[kind],
         again_url=f"/p/update_payment/{token}?lang={lang}",
     )
 
@@ -386,23 +289,29 @@ def update_payment_stripe_return(
 # directly ("List-Unsubscribe=One-Click", RFC 8058), which must unsubscribe at once.
 
 
-def _customer_lang(request: Request, svc: Services, customer_id: str) -> str:
+def _stripe_unavailable(request: Request, svc: Services, lang: str, again_url: str) -> HTMLResponse:
+    t = TEXT[lang]
+    body = t["stripe_unavailable"].format(support=svc.settings.support_email)
+    return notice(request, svc, lang, t["stripe_unavailable_title"], body, 503, again_url=again_url)
+
+
+def _customerlanguage(request: Request, svc: Services, customer_id: str) -> str:
     with svc.store.unit_of_work() as uow:
-        return _lang(request, uow.customer_locale(customer_id))
+        return language(request, uow.customer_locale(customer_id))
 
 
 @router.get("/p/unsubscribe/{token}")
-def unsubscribe_page(
-    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+def unsubscribepage(
+    token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
-    link = _verify(request, svc, token, "unsubscribe")
+    link = verify(request, svc, token, "unsubscribe")
     if isinstance(link, HTMLResponse):
         return link
-    lang = _customer_lang(request, svc, link.subject)
+    lang = _customerlanguage(request, svc, link.subject)
     t = TEXT[lang]
-    return _page(
+    return page(
         "unsubscribe.html.j2",
-        **_common(request, svc, lang),
+        **common(request, svc, lang),
         title=t["unsubscribe_title"],
         action=f"/p/unsubscribe/{token}?lang={lang}",
     )
@@ -410,28 +319,21 @@ def unsubscribe_page(
 
 @router.post("/p/unsubscribe/{token}")
 def unsubscribe(
-    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+    token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
-    link = _verify(request, svc, token, "unsubscribe")
+    link = verify(request, svc, token, "unsubscribe")
     if isinstance(link, HTMLResponse):
         return link
     with svc.store.unit_of_work() as uow:
         if not uow.known_customers([link.subject]):
-            return _link_problem(request, svc, _lang(request, None), "invalid", 404)
+            return link_problem(request, svc, language(request, None), "invalid", 404)
         uow.set_preferences(link.subject, svc.now(), unsubscribed=True)
         if link.extra.get("message"):
             uow.record_click(link.extra["message"], svc.now())
         uow.commit()
-    lang = _customer_lang(request, svc, link.subject)
+    lang = _customerlanguage(request, svc, link.subject)
     t = TEXT[lang]
-    return _page(
-        "notice.html.j2",
-        **_common(request, svc, lang),
-        title=t["unsubscribed_title"],
-        heading=t["unsubscribed_title"],
-        body=t["unsubscribed"],
-        again_url=None,
-    )
+    return notice(request, svc, lang, t["unsubscribed_title"], t["unsubscribed"])
 
 
 def include(app: FastAPI) -> None:

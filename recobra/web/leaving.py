@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse
 
 from recobra.domain.errors import DomainError
@@ -43,7 +43,8 @@ from recobra.domain.leaving import (
     add_months,
     offer_for,
 )
-from recobra.domain.model import Customer, SubscriptionStatus
+from recobra.domain.model import Customer, Plan, SubscriptionStatus
+from recobra.domain.money import Money
 from recobra.engine.commands import (
     DiscountGranted,
     PlanChanged,
@@ -53,13 +54,13 @@ from recobra.engine.commands import (
 )
 from recobra.engine.service import ReactivationOutcome
 from recobra.messages.composer import cldr_locale
-from recobra.messages.formatting import format_amount, format_date
+from recobra.messages.formatting import format_date
 from recobra.messages.links import SignedLink
 from recobra.ports import GatewayError
 from recobra.store.sql import SqlUnitOfWork
-from recobra.web.hosted import _common, _lang, _link_problem, _page, _verify
 from recobra.web.leaving_text import TEXT
-from recobra.web.services import Services, get_services
+from recobra.web.pages import amount, common, language, link_problem, notice, page, verify
+from recobra.web.services import Services, ServicesDep
 
 REACTIVATE_TTL = timedelta(days=90)
 """The least life of the reactivate link on the confirmation page (the data retention
@@ -100,7 +101,9 @@ def _subscription_of(uow: SqlUnitOfWork, subject: str) -> str | None:
 
 
 def _open(request: Request, svc: Services, token: str, purpose: str) -> _Journey | HTMLResponse:
-    link = _verify(request, svc, token, purpose)
+    """The journey of a good link not yet spent, or the page that says why not (a
+    spent link changes nothing, and the page says where the subscription stands)."""
+    link = verify(request, svc, token, purpose)
     if isinstance(link, HTMLResponse):
         return link
     now = svc.now()
@@ -113,13 +116,14 @@ def _open(request: Request, svc: Services, token: str, purpose: str) -> _Journey
             uow.commit()
         used = uow.link_used(link.nonce)
     if standing is None or customer is None:
-        return _link_problem(request, svc, _lang(request, None), "invalid", 404)
-    lang = _lang(request, customer.locale)
-    return _Journey(link, standing, customer, used, lang, TEXT[lang], cldr_locale(lang, customer.country))
+        return link_problem(request, svc, language(request, None), "invalid", 404)
+    lang = language(request, customer.locale)
+    j = _Journey(link, standing, customer, used, lang, TEXT[lang], cldr_locale(lang, customer.country))
+    return _used(request, svc, j) if used else j
 
 
 def _context(request: Request, svc: Services, j: _Journey, **extra: Any) -> dict[str, Any]:
-    return {**_common(request, svc, j.lang), "t": j.t, **extra}
+    return {**common(request, svc, j.lang), "t": j.t, **extra}
 
 
 def _final(request: Request, svc: Services, j: _Journey, **extra: Any) -> dict[str, Any]:
@@ -138,12 +142,8 @@ def _notice(
     *,
     final: bool = False,
 ) -> HTMLResponse:
-    context = _final if final else _context
-    return _page(
-        "notice.html.j2",
-        status,
-        **context(request, svc, j, title=title, heading=title, body=body, again_url=None),
-    )
+    extra = {"t": j.t, **({"switch_url": None} if final else {})}
+    return notice(request, svc, j.lang, title, body, status, **extra)
 
 
 def _used(request: Request, svc: Services, j: _Journey) -> HTMLResponse:
@@ -161,11 +161,8 @@ def _price(j: _Journey, standing: Standing | None = None) -> str:
     return _money(plan.price, j)
 
 
-def _money(money: Any, j: _Journey) -> str:
-    try:
-        return format_amount(money, j.locale)
-    except ValueError:
-        return format_amount(money, j.lang)
+def _money(money: Money, j: _Journey) -> str:
+    return amount(money, j.locale, j.lang)
 
 
 def _date(moment: datetime, j: _Journey) -> str:
@@ -201,7 +198,7 @@ def _render_reason(
         if survey_only
         else j.t["cancel_intro"].format(plan=plan, price=_price(j))
     )
-    return _page(
+    return page(
         "cancel_reason.html.j2",
         status,
         **_context(
@@ -243,6 +240,13 @@ def _offer(svc: Services, j: _Journey, reason: ExitReason) -> SaveOffer | None:
     return offer
 
 
+def _plan(svc: Services, plan_id: str | None) -> Plan:
+    """The plan a downgrade offer moves to (checked when the policy was loaded)."""
+    assert plan_id is not None
+    with svc.store.unit_of_work() as uow:
+        return uow.plans([plan_id])[plan_id]
+
+
 def _offer_words(svc: Services, j: _Journey, offer: SaveOffer, now: datetime) -> tuple[str, str]:
     """(what the offer gives, its button's label) in the customer's language."""
     t = j.t
@@ -257,21 +261,18 @@ def _offer_words(svc: Services, j: _Journey, offer: SaveOffer, now: datetime) ->
             )
             return text, t["accept_discount"]
         case OfferKind.DOWNGRADE:
-            with svc.store.unit_of_work() as uow:
-                plan = uow.plans([offer.plan_id])[offer.plan_id]
+            plan = _plan(svc, offer.plan_id)
             text = t["offer_downgrade"].format(plan=plan.name, price=_money(plan.price, j), current=_price(j))
             return text, t["accept_downgrade"].format(plan=plan.name)
 
 
 @router.get("/p/cancel/{token}")
-def cancel_page(
-    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+def cancelpage(
+    token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     j = _open(request, svc, token, "cancel")
     if isinstance(j, HTMLResponse):
         return j
-    if j.used:
-        return _used(request, svc, j)
     return _render_reason(request, svc, j, token, form={}, errors={})
 
 
@@ -279,7 +280,7 @@ def cancel_page(
 def cancel_step(
     token: str,
     request: Request,
-    svc: Annotated[Services, Depends(get_services)],
+    svc: ServicesDep,
     # No length limits here: a long value gets the page's own message next to its
     # field (the comment is capped by the domain), not a bare validation error.
     step: Annotated[str, Form()] = "reason",
@@ -291,8 +292,6 @@ def cancel_step(
     j = _open(request, svc, token, "cancel")
     if isinstance(j, HTMLResponse):
         return j
-    if j.used:
-        return _used(request, svc, j)
     t = j.t
     form: dict[str, Any] = {"reason": reason, "comment": comment, "anonymous": bool(anonymous)}
     answer = _answer(form, t)
@@ -307,35 +306,36 @@ def cancel_step(
         return _notice(request, svc, j, t["surveyed_title"], t["surveyed"], final=True)
 
     offer = _offer(svc, j, answer.reason)
-    common = _context(request, svc, j, action=_action(j, token), form=form, errors={})
+    shown = _context(request, svc, j, action=_action(j, token), form=form, errors={})
     if step == "reason":
-        if offer is None:
-            intro = t["confirm_intro"].format(plan=j.standing.subscription.plan.name)
-            return _page("cancel_confirm.html.j2", **common, title=t["confirm_title"], intro=intro)
-        text, label = _offer_words(svc, j, offer, now)
-        return _page(
-            "cancel_offer.html.j2", **common, title=t["offer_title"], offer_text=text, accept_label=label
-        )
-
+        return _decision_page(svc, j, shown, offer, now)
     if decision == "accept" and step == "offer" and offer is not None:
         return _accept(request, svc, j, answer, offer, now)
     if decision == "decline" and step in ("offer", "confirm"):
         return _cancel(request, svc, j, answer, offer, now)
-    errors = {"decision": t["err_decision"]}
+    return _decision_page(
+        svc, j, {**shown, "errors": {"decision": t["err_decision"]}}, offer, now, status=422
+    )
+
+
+def _decision_page(
+    svc: Services,
+    j: _Journey,
+    context: dict[str, Any],
+    offer: SaveOffer | None,
+    now: datetime,
+    status: int = 200,
+) -> HTMLResponse:
+    """The second step: the save offer for the reason given, or a last confirmation."""
+    t = j.t
     if offer is None:
         intro = t["confirm_intro"].format(plan=j.standing.subscription.plan.name)
-        return _page(
-            "cancel_confirm.html.j2",
-            422,
-            **{**common, "errors": errors},
-            title=t["confirm_title"],
-            intro=intro,
-        )
+        return page("cancel_confirm.html.j2", status, **context, title=t["confirm_title"], intro=intro)
     text, label = _offer_words(svc, j, offer, now)
-    return _page(
+    return page(
         "cancel_offer.html.j2",
-        422,
-        **{**common, "errors": errors},
+        status,
+        **context,
         title=t["offer_title"],
         offer_text=text,
         accept_label=label,
@@ -394,7 +394,7 @@ def _cancel(
     _finish(svc, j, answer, offer=offer, outcome="canceled", now=now)
     retention = timedelta(days=svc.settings.data_retention_days)
     back = svc.links.token("reactivate", j.subscription_id, now=now, ttl=max(REACTIVATE_TTL, retention))
-    return _page(
+    return page(
         "cancel_done.html.j2",
         **_final(
             request,
@@ -424,8 +424,7 @@ def _accept(
                 percent=offer.percent, cycles=_count(j, offer.cycles, "invoices")
             )
         case OfferKind.DOWNGRADE:
-            with svc.store.unit_of_work() as uow:
-                plan = uow.plans([offer.plan_id])[offer.plan_id]
+            plan = _plan(svc, offer.plan_id)
             command = PlanChanged(_event_id(j), now, sub_id, plan.id, reason=why)
             done = t["saved_downgrade"].format(plan=plan.name, price=_money(plan.price, j))
     try:
@@ -440,14 +439,12 @@ def _accept(
 
 
 @router.get("/p/reactivate/{token}")
-def reactivate_page(
-    token: str, request: Request, svc: Annotated[Services, Depends(get_services)]
+def reactivatepage(
+    token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     j = _open(request, svc, token, "reactivate")
     if isinstance(j, HTMLResponse):
         return j
-    if j.used:
-        return _used(request, svc, j)
     t = j.t
     if j.status not in REACTIVATABLE:
         return _notice(request, svc, j, t["already_active_title"], t["already_active"])
@@ -461,7 +458,7 @@ def reactivate_page(
     if owed is not None:
         brand, last4 = (method.brand.title(), method.last4) if method else ("", "")
         lines.append(t["reactivate_owed"].format(amount=_money(owed.amount, j), brand=brand, last4=last4))
-    return _page(
+    return page(
         "reactivate.html.j2",
         **_context(
             request,
@@ -477,12 +474,10 @@ def reactivate_page(
 
 
 @router.post("/p/reactivate/{token}")
-def reactivate(token: str, request: Request, svc: Annotated[Services, Depends(get_services)]) -> HTMLResponse:
+def reactivate(token: str, request: Request, svc: ServicesDep) -> HTMLResponse:
     j = _open(request, svc, token, "reactivate")
     if isinstance(j, HTMLResponse):
         return j
-    if j.used:
-        return _used(request, svc, j)
     t, now = j.t, svc.now()
     sub = j.standing.subscription
     if j.status not in REACTIVATABLE:
@@ -530,7 +525,7 @@ def _reactivate_result(
     final: bool = False,
 ) -> HTMLResponse:
     context = _final if final else _context
-    return _page(
+    return page(
         "reactivate.html.j2",
         status,
         **context(

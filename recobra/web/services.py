@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from recobra.bootstrap import build_engine, build_policy_library, load_policies, open_store
 from recobra.engine.service import Engine
@@ -71,3 +72,7 @@ def get_services(request: Request) -> Services:
     """FastAPI dependency: the application's services."""
     value: Services = request.app.state.services
     return value
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+"""A route's parameter for the application's services."""

@@ -1,15 +1,11 @@
 """The in-app banner in a real Chromium, on an operator page of another origin.
 
 The application runs under uvicorn on loopback; the operator's page is served by a
-second server (another origin) and embeds the script with a notices token. Chromium
-is Debian's, launched by path (``RECOBRA_CHROMIUM`` overrides it).
+second server (another origin) and embeds the script with a notices token.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import uvicorn
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Browser
 from sqlalchemy import text
 
 from recobra.bootstrap import build_engine, open_store
@@ -34,13 +29,10 @@ from recobra.messages.links import LinkSigner
 from recobra.messages.render import Renderer
 from recobra.policyfile import parse_policy
 from recobra.settings import Settings
-from recobra.store.migrate import upgrade
-from recobra.store.sql import make_engine
-from recobra.web.app import create_app
 from recobra.web.services import Services
 
-CHROMIUM = os.environ.get("RECOBRA_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
+from .browser import PHONE, free_port, migrated_sqlite, require_chromium, serving, shot
+
 SECRET = "b" * 40
 POLICY = """\
 name = "browser"
@@ -60,20 +52,10 @@ steps = [
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[tuple[str, Services]]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium package (.ci/run does)")
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    db = make_engine(url)
-    upgrade(db)
-    db.dispose()
+    require_chromium()
+    url = migrated_sqlite(tmp_path / "r.db")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     now = datetime.now(UTC)
@@ -97,20 +79,8 @@ def service(tmp_path: Path) -> Iterator[tuple[str, Services]]:
     composer = TemplateComposer(Renderer(), links, policies.policies, Sender("Acme", "ayuda@example.com"))
     Messenger(store, {ChannelKind.IN_APP: InAppChannel()}, composer).dispatch(now)
 
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the service did not start"
-    try:
+    with serving(services):
         yield base, services
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -140,7 +110,11 @@ def operator_page() -> Iterator[tuple[ThreadingHTTPServer, dict[str, str]]]:
         server.server_close()
 
 
-def test_the_banner_shows_the_notice_and_marks_it_seen(service, operator_page) -> None:  # type: ignore[no-untyped-def]
+def test_the_banner_shows_the_notice_and_marks_it_seen(
+    service: tuple[str, Services],
+    operator_page: tuple[ThreadingHTTPServer, dict[str, str]],
+    browser: Browser,
+) -> None:
     base, services = service
     server, page = operator_page
     origin = f"http://127.0.0.1:{server.server_address[1]}"
@@ -152,35 +126,18 @@ def test_the_banner_shows_the_notice_and_marks_it_seen(service, operator_page) -
         f'<script src="{base}/static/recobra-banner.js" data-token="{token}" defer></script>'
         "</body></html>"
     )
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            tab = browser.new_page(viewport={"width": 390, "height": 844})  # a phone-sized screen
-            tab.goto(origin + "/")
-            banner = tab.wait_for_selector(".recobra-banner", timeout=15_000)
-            assert banner is not None
-            assert banner.get_attribute("role") == "status"
-            assert "Actualizar" in banner.inner_text() or "tarjeta" in banner.inner_text().lower()
-            link = tab.get_attribute(".recobra-banner a", "href")
-            assert link is not None
-            assert link.startswith(f"{base}/p/update_payment/")
-            ARTIFACTS.mkdir(exist_ok=True)
-            tab.screenshot(path=str(ARTIFACTS / "in-app-banner.png"))
-            tab.click(".recobra-banner button")
-            assert tab.query_selector(".recobra-banner") is None
-        finally:
-            browser.close()
+    tab = browser.new_page(viewport=PHONE)  # a phone-sized screen
+    tab.goto(origin + "/")
+    banner = tab.wait_for_selector(".recobra-banner", timeout=15_000)
+    assert banner is not None
+    assert banner.get_attribute("role") == "status"
+    assert "Actualizar" in banner.inner_text() or "tarjeta" in banner.inner_text().lower()
+    link = tab.get_attribute(".recobra-banner a", "href")
+    assert link is not None
+    assert link.startswith(f"{base}/p/update_payment/")
+    shot(tab, "in-app-banner", full_page=False)
+    tab.click(".recobra-banner button")
+    assert tab.query_selector(".recobra-banner") is None
     deadline = time.monotonic() + 10
     seen = None
     while time.monotonic() < deadline and seen is None:

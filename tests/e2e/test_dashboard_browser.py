@@ -4,53 +4,30 @@ phone's size. The data is a small simulated business that ends today."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import uvicorn
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import insert, select
 
-from recobra.bootstrap import build_engine, open_store
-from recobra.gateways.simulated import SimulatedGateway
-from recobra.messages.links import LinkSigner
-from recobra.policyfile import load_default_policy
-from recobra.settings import Settings
 from recobra.sim.runner import run_simulation
 from recobra.store.admins import create_admin
 from recobra.store.tables import CaseRow, ExitSurveyRow
-from recobra.web.app import create_app
 from recobra.web.services import Services
 
-CHROMIUM = os.environ.get("RECOBRA_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
+from . import browser as b
+
 SECRET = "d" * 40
 EMAIL = "ops@acme.test"
 PASSWORD = "a long dashboard password"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Services]]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium package (make test does)")
+    b.require_chromium()
     url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'r.db'}"
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     run_simulation(
@@ -66,16 +43,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Serv
         show_progress=False,
         messages=False,
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    settings = Settings(database_url=url, link_secret=SECRET, public_url=base, company_name="Acme Cloud")
-    store = open_store(url)
-    engine = build_engine(
-        settings, store=store, gateway=SimulatedGateway(seed=1), policies=load_default_policy()
-    )
-    services = Services(settings=settings, store=store, engine=engine, links=LinkSigner(SECRET, base))
+    services = b.simulated_services(url, SECRET, company_name="Acme Cloud")
+    store = services.store
     create_admin(store.engine, EMAIL, PASSWORD, datetime.now(UTC))
     answers = [
         ("too_expensive", "Es demasiado caro para lo que lo uso.", "es", True),
@@ -100,26 +69,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Serv
                     created_at=datetime.now(UTC) - timedelta(days=i * 3),
                 )
             )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
     try:
-        yield base, services
+        with b.serving(services) as base:
+            yield base, services
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         services.close()
 
 
 def shot(tab: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    tab.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
+    b.shot(tab, f"dashboard-{name}")
 
 
 def sign_in(tab: Page, base: str) -> None:
@@ -192,39 +150,33 @@ def customers_policies_survey(tab: Page) -> None:
     shot(tab, "exit-survey")
 
 
-def test_an_operator_goes_through_every_page(served: tuple[str, Services]) -> None:
+def test_an_operator_goes_through_every_page(served: tuple[str, Services], browser: Browser) -> None:
     base, services = served
     with services.store.engine.connect() as conn:
         open_case = conn.scalar(
             select(CaseRow.id).where(CaseRow.status == "open").order_by(CaseRow.opened_at.desc()).limit(1)
         )
     assert open_case
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
-            console_errors: list[str] = []  # a CSP violation (an inline script, say) shows here
-            tab.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-            tab.goto(f"{base}/admin/login")
-            shot(tab, "login")
-            sign_in(tab, base)  # lands on the page first asked for
-            overview(tab, base)
-            cases(tab)
-            case_and_actions(tab, base, open_case)
-            customers_policies_survey(tab)
+    tab = browser.new_page(viewport=b.DESKTOP)
+    console_errors: list[str] = []  # a CSP violation (an inline script, say) shows here
+    tab.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    tab.goto(f"{base}/admin/login")
+    shot(tab, "login")
+    sign_in(tab, base)  # lands on the page first asked for
+    overview(tab, base)
+    cases(tab)
+    case_and_actions(tab, base, open_case)
+    customers_policies_survey(tab)
 
-            tab.set_viewport_size({"width": 390, "height": 844})  # a phone
-            tab.goto(f"{base}/admin")
-            expect(tab.locator("h1")).to_have_text("Overview")
-            width = tab.evaluate("document.documentElement.scrollWidth")
-            assert width <= 390, f"the overview scrolls sideways on a phone ({width}px)"
-            shot(tab, "overview-phone")
+    tab.set_viewport_size(b.PHONE)
+    tab.goto(f"{base}/admin")
+    expect(tab.locator("h1")).to_have_text("Overview")
+    b.fits(tab, b.PHONE["width"])
+    shot(tab, "overview-phone")
 
-            tab.get_by_role("button", name="Sign out").click()
-            expect(tab.locator("h1")).to_have_text("Sign in")
-            tab.goto(f"{base}/admin")
-            assert "/admin/login" in tab.url
-            # (the favicon's 404 and the bad filter's 422 are expected "failed to load" errors)
-            assert [e for e in console_errors if not e.startswith("Failed to load resource")] == []
-        finally:
-            browser.close()
+    tab.get_by_role("button", name="Sign out").click()
+    expect(tab.locator("h1")).to_have_text("Sign in")
+    tab.goto(f"{base}/admin")
+    assert "/admin/login" in tab.url
+    # (the favicon's 404 and the bad filter's 422 are expected "failed to load" errors)
+    assert [e for e in console_errors if not e.startswith("Failed to load resource")] == []

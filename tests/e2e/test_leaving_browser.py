@@ -3,48 +3,30 @@ phone-sized screen and a desktop one, and once with the keyboard only."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-import uvicorn
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser
 from sqlalchemy import text
 
-from recobra.bootstrap import build_engine, open_store
-from recobra.domain.model import Customer, Interval, Plan, Subscription, SubscriptionStatus
-from recobra.domain.money import Money
 from recobra.engine.commands import SubscriptionUpdated
-from recobra.gateways.simulated import SimulatedGateway
-from recobra.messages.links import LinkSigner
-from recobra.policyfile import load_default_policy
-from recobra.settings import Settings
-from recobra.store.migrate import upgrade
-from recobra.store.sql import make_engine
-from recobra.web.app import create_app
 from recobra.web.services import Services
 
-CHROMIUM = os.environ.get("RECOBRA_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
+from .browser import (
+    DESKTOP,
+    PHONE,
+    fits,
+    migrated_sqlite,
+    require_chromium,
+    serving,
+    shot,
+    simulated_services,
+    two_subscribers,
+)
+
 SECRET = "c" * 40
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1280, "height": 900}
 SUBSCRIPTION = {"es": "sub_0", "en": "sub_1"}
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -52,57 +34,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Services]]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium package (make test does)")
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    db = make_engine(url)
-    upgrade(db)
-    db.dispose()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    settings = Settings(
-        database_url=url,
-        link_secret=SECRET,
-        public_url=base,
-        company_name="Acme Cloud",
-        support_email="help@acme.example",
-    )
-    store = open_store(url)
-    engine = build_engine(
-        settings, store=store, gateway=SimulatedGateway(seed=1), policies=load_default_policy()
-    )
-    services = Services(settings=settings, store=store, engine=engine, links=LinkSigner(SECRET, base))
+    require_chromium()
+    url = migrated_sqlite(tmp_path / "r.db")
+    services = simulated_services(url, SECRET, company_name="Acme Cloud", support_email="help@acme.example")
     now = datetime.now(UTC)
-    for i, (locale, country, tz, money) in enumerate(
-        [
-            ("es", "MX", "America/Mexico_City", Money(29900, "MXN")),
-            ("en", "US", "America/New_York", Money(1900, "USD")),
-        ]
-    ):
-        customer = Customer(
-            f"cus_{i}", f"c{i}@example.com", locale, tz, country, "Ana" if locale == "es" else "Alex"
-        )
-        plan = Plan(f"pro-{money.currency.lower()}", "Pro", Interval.MONTH, money)
-        sub = Subscription(
-            f"sub_{i}", customer.id, plan, SubscriptionStatus.ACTIVE, now - timedelta(days=200)
-        )
-        engine.handle(SubscriptionUpdated(f"evt_{i}", now - timedelta(hours=1), customer, sub))
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
+    for i, (customer, sub) in enumerate(two_subscribers(now)):
+        services.engine.handle(SubscriptionUpdated(f"evt_{i}", now - timedelta(hours=1), customer, sub))
+    with serving(services) as base:
         yield base, services
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _link(services: Services, purpose: str, subject: str) -> str:
@@ -112,26 +51,6 @@ def _link(services: Services, purpose: str, subject: str) -> str:
 def _status(services: Services, subscription: str) -> str:
     with services.store.engine.connect() as conn:
         return str(conn.scalar(text("select status from subscriptions where id = :s"), {"s": subscription}))
-
-
-def _fits(tab: Page, width: int) -> None:
-    """Nothing sticks out sideways: the page reads without horizontal scrolling."""
-    assert tab.evaluate("document.documentElement.scrollWidth") <= width
-
-
-def _shot(tab: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    tab.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 WORDS = {
@@ -171,7 +90,7 @@ WORDS = {
 @pytest.mark.parametrize("lang", ["es", "en"])
 @pytest.mark.parametrize(("screen", "size"), [("phone", PHONE), ("desktop", DESKTOP)])
 def test_cancel_decline_the_offer_then_come_back(
-    served: tuple[str, Services], browser: Any, lang: str, screen: str, size: dict[str, int]
+    served: tuple[str, Services], browser: Browser, lang: str, screen: str, size: dict[str, int]
 ) -> None:
     _base, services = served
     w, sub = WORDS[lang], SUBSCRIPTION[lang]
@@ -179,38 +98,38 @@ def test_cancel_decline_the_offer_then_come_back(
     tab.goto(_link(services, "cancel", sub))
     assert tab.get_attribute("html", "lang") == lang
     assert tab.locator("h1").inner_text() == w["title"]
-    _fits(tab, size["width"])
-    _shot(tab, f"cancel-{lang}-{screen}-1-reason")
+    fits(tab, size["width"])
+    shot(tab, f"cancel-{lang}-{screen}-1-reason")
     # Continuing without a reason: the error is named next to the field.
     tab.get_by_role("button", name=w["continue"]).click()
     assert tab.locator("[role=alert]").is_visible()
     assert w["error"] in tab.locator("#reason-error").inner_text()
-    _shot(tab, f"cancel-{lang}-{screen}-2-error")
+    shot(tab, f"cancel-{lang}-{screen}-2-error")
 
     tab.get_by_label(w["expensive"]).check()
     tab.get_by_label(w["comment"]).fill("Demasiado para mí" if lang == "es" else "Too much for me")
     tab.get_by_role("button", name=w["continue"]).click()
     assert tab.locator("h1").inner_text() == w["offer"]
     assert "25%" in tab.locator("#offer").inner_text()
-    _fits(tab, size["width"])
-    _shot(tab, f"cancel-{lang}-{screen}-3-offer")
+    fits(tab, size["width"])
+    shot(tab, f"cancel-{lang}-{screen}-3-offer")
 
     tab.get_by_role("button", name=w["decline"]).click()
     assert tab.locator("h1").inner_text() == w["canceled"]
-    _fits(tab, size["width"])
-    _shot(tab, f"cancel-{lang}-{screen}-4-canceled")
+    fits(tab, size["width"])
+    shot(tab, f"cancel-{lang}-{screen}-4-canceled")
     assert _status(services, sub) == "canceled"
 
     # How to come back, from the confirmation page itself.
     tab.get_by_role("link", name=w["reactivate"]).click()
     tab.get_by_role("button", name=w["reactivate"]).click()
     assert tab.locator("h1").inner_text() == w["back"]
-    _shot(tab, f"cancel-{lang}-{screen}-5-reactivated")
+    shot(tab, f"cancel-{lang}-{screen}-5-reactivated")
     assert _status(services, sub) == "active"
 
 
 @pytest.mark.parametrize("lang", ["es", "en"])
-def test_cancel_accept_the_offer(served: tuple[str, Services], browser: Any, lang: str) -> None:
+def test_cancel_accept_the_offer(served: tuple[str, Services], browser: Browser, lang: str) -> None:
     _base, services = served
     w, sub = WORDS[lang], SUBSCRIPTION[lang]
     tab = browser.new_page(viewport=PHONE)
@@ -218,23 +137,23 @@ def test_cancel_accept_the_offer(served: tuple[str, Services], browser: Any, lan
     tab.get_by_label(w["not_using"]).check()
     tab.get_by_role("button", name=w["continue"]).click()
     assert tab.locator("h1").inner_text() == w["offer"]
-    _shot(tab, f"cancel-{lang}-accept-1-offer")
+    shot(tab, f"cancel-{lang}-accept-1-offer")
     tab.get_by_role("button", name=w["pause"]).click()
     assert tab.locator("h1").inner_text() == w["saved"]
-    _fits(tab, PHONE["width"])
-    _shot(tab, f"cancel-{lang}-accept-2-saved")
+    fits(tab, PHONE["width"])
+    shot(tab, f"cancel-{lang}-accept-2-saved")
     assert _status(services, sub) == "paused"
 
     # A paused customer comes back in one step.
     tab.goto(_link(services, "reactivate", sub))
-    _shot(tab, f"reactivate-{lang}-1-page")
+    shot(tab, f"reactivate-{lang}-1-page")
     tab.get_by_role("button", name=w["reactivate"]).click()
     assert tab.locator("h1").inner_text() == w["back"]
-    _shot(tab, f"reactivate-{lang}-2-done")
+    shot(tab, f"reactivate-{lang}-2-done")
     assert _status(services, sub) == "active"
 
 
-def test_keyboard_only(served: tuple[str, Services], browser: Any) -> None:
+def test_keyboard_only(served: tuple[str, Services], browser: Browser) -> None:
     _base, services = served
     tab = browser.new_page(viewport=PHONE)
     tab.goto(_link(services, "cancel", "sub_1"))
@@ -267,17 +186,17 @@ def test_keyboard_only(served: tuple[str, Services], browser: Any) -> None:
     tab.keyboard.press("Tab")
     tab.keyboard.press("Tab")
     assert tab.evaluate(focused) == WORDS["en"]["decline"]
-    _shot(tab, "cancel-keyboard-offer")
+    shot(tab, "cancel-keyboard-offer")
     tab.keyboard.press("Enter")
     tab.wait_for_selector("h1")
     assert tab.locator("h1").inner_text() == WORDS["en"]["canceled"]
-    _shot(tab, "cancel-keyboard-canceled")
+    shot(tab, "cancel-keyboard-canceled")
     with services.store.engine.connect() as conn:
         row = conn.execute(text("select customer_id, reason, comment, outcome from exit_surveys")).one()
     assert tuple(row) == (None, "not_using", "Back after the summer", "canceled")
 
 
-def test_tampered_and_expired_links_get_a_clear_page(served: tuple[str, Services], browser: Any) -> None:
+def test_tampered_and_expired_links_get_a_clear_page(served: tuple[str, Services], browser: Browser) -> None:
     _base, services = served
     tab = browser.new_page(viewport=PHONE)
     good = _link(services, "cancel", "sub_0")
@@ -286,7 +205,7 @@ def test_tampered_and_expired_links_get_a_clear_page(served: tuple[str, Services
     assert answer is not None
     assert answer.status == 404
     assert tab.locator("h1").inner_text() == "Este enlace no es válido"
-    _shot(tab, "cancel-link-tampered-es")
+    shot(tab, "cancel-link-tampered-es")
     expired = services.links.make(
         "cancel", "sub_0", now=datetime.now(UTC) - timedelta(days=30), ttl=timedelta(days=7)
     )
@@ -294,5 +213,5 @@ def test_tampered_and_expired_links_get_a_clear_page(served: tuple[str, Services
     assert answer is not None
     assert answer.status == 410
     assert tab.locator("h1").inner_text() == "This link has expired"
-    _shot(tab, "cancel-link-expired-en")
+    shot(tab, "cancel-link-expired-en")
     assert _status(services, "sub_0") == "active"

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import T0, Commands, Db, EngineFactory
+from conftest import T0, Commands, Db, EngineFactory, web_services
 from fastapi.testclient import TestClient
 
 from recobra.messages.links import LinkSigner
@@ -73,14 +73,10 @@ def dash(
     store: SqlStore, engine_factory: EngineFactory, db: Db, database_url: str, commands: Commands
 ) -> Iterator[Dash]:
     engine = engine_factory()
-    settings = Settings(database_url=database_url, link_secret=SECRET, public_url=PUBLIC, company_name="Acme")
     holder: dict[str, Dash] = {}
-    services = Services(
-        settings=settings,
-        store=store,
-        engine=engine,
-        links=LinkSigner(SECRET, PUBLIC),
-        clock=lambda: holder["d"].now,
+    services = web_services(
+        store, engine, database_url, secret=SECRET, public_url=PUBLIC, clock=lambda: holder["d"].now,
+        company_name="Acme",
     )
     engine.handle(commands.payment_failed("1", decline_code="insufficient_funds", network_code="51"))
     engine.handle(commands.payment_failed("2", amount=9900, currency="EUR"))
@@ -290,6 +286,23 @@ def test_write_off_needs_a_reason_and_changes_nothing_without_one(signed_in: Das
     assert "Reason (reason)" in answer.text
     assert signed_in.db.counts() == before
     assert signed_in.db.case(CASE)["status"] == "open"
+
+
+def test_a_too_long_pause_reason_is_named_on_the_pause_field(signed_in: Dash) -> None:
+    before = signed_in.db.counts()
+    long = "x" * 501
+    answer = signed_in.act("pause", reason=long)
+    assert answer.status_code == 422
+    assert "at most 500 characters" in answer.text
+    pause = re.search(r'<input id="pause-reason"[^>]*>', answer.text)
+    write_off = re.search(r'<input id="reason"[^>]*>', answer.text)
+    assert pause
+    assert write_off
+    assert 'aria-invalid="true"' in pause.group(0)
+    assert long in pause.group(0)  # what was typed, back in its own field
+    assert "aria-invalid" not in write_off.group(0)
+    assert long not in write_off.group(0)
+    assert signed_in.db.counts() == before
 
 
 def test_an_action_on_a_closed_case_is_a_conflict(signed_in: Dash) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -72,14 +73,26 @@ def make_services(store: SqlStore, engine: Engine, url: str, clock: Any) -> Serv
     )
 
 
-@pytest.fixture
-def api(store: SqlStore, engine_factory: EngineFactory, db: Db, database_url: str) -> Iterator[Api]:
+@contextmanager
+def running_api(
+    store: SqlStore, engine: Engine, db: Db, database_url: str, *, library: Any = None
+) -> Iterator[Api]:
+    """The application on ``engine`` (and a policy ``library`` when given), with an API
+    key made for the test suite."""
     holder: dict[str, Api] = {}
-    services = make_services(store, engine_factory(), database_url, lambda: holder["api"].now)
+    services = make_services(store, engine, database_url, lambda: holder["api"].now)
+    if library is not None:
+        services.policy_library = library
     key_id, key = create_key(store.engine, "test-suite", T0)
     with TestClient(create_app(services)) as client:
         holder["api"] = Api(client, services, db, key, key_id)
         yield holder["api"]
+
+
+@pytest.fixture
+def api(store: SqlStore, engine_factory: EngineFactory, db: Db, database_url: str) -> Iterator[Api]:
+    with running_api(store, engine_factory(), db, database_url) as running:
+        yield running
 
 
 def failed(

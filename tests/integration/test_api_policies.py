@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 from conftest import T0, TEST_POLICY, Commands, Db
-from fastapi.testclient import TestClient
 from sqlalchemy import text
-from test_api import Api, assert_problem, failed, make_services
+from test_api import Api, assert_problem, failed, running_api
 from typer.testing import CliRunner
 
 from recobra import cli as cli_module
@@ -27,9 +26,7 @@ from recobra.messages.links import LinkSigner
 from recobra.messages.render import Renderer
 from recobra.policyfile import PolicyError, parse_policy
 from recobra.policyversions import PolicyLibrary
-from recobra.store.keys import create_key
 from recobra.store.sql import SqlStore
-from recobra.web.app import create_app
 
 # Version 2 of the test policy: retries on days 2, 4 and 8 instead of 1, 3 and 6.
 V2 = TEST_POLICY.replace('{ after = "1d" }, { after = "3d" }, { after = "6d" }', (
@@ -54,16 +51,10 @@ def engine_on(store: SqlStore, gateway: SimulatedGateway, library: PolicyLibrary
 
 @pytest.fixture
 def api(store: SqlStore, gateway: SimulatedGateway, db: Db, database_url: str) -> Iterator[Api]:
-    holder: dict[str, Api] = {}
     library = library_on(store, max_age=60.0)  # the API's own changes invalidate it
-    services = make_services(
-        store, engine_on(store, gateway, library, "api"), database_url, lambda: holder["api"].now
-    )
-    services.policy_library = library
-    key_id, key = create_key(store.engine, "test-suite", T0)
-    with TestClient(create_app(services)) as client:
-        holder["api"] = Api(client, services, db, key, key_id)
-        yield holder["api"]
+    engine = engine_on(store, gateway, library, "api")
+    with running_api(store, engine, db, database_url, library=library) as running:
+        yield running
 
 
 def problems_of(text: str) -> list[dict[str, str]]:

@@ -10,22 +10,16 @@ from typing import Any
 
 import pytest
 from conftest import T0, Db, EngineFactory
-from fastapi.testclient import TestClient
-from test_api import Api, assert_problem, failed, make_services, succeeded
+from test_api import Api, assert_problem, failed, running_api, succeeded
 
-from recobra.store.keys import create_key, revoke_key
+from recobra.store.keys import revoke_key
 from recobra.store.sql import SqlStore
-from recobra.web.app import create_app
 
 
 @pytest.fixture
 def api(store: SqlStore, engine_factory: EngineFactory, db: Db, database_url: str) -> Iterator[Api]:
-    holder: dict[str, Api] = {}
-    services = make_services(store, engine_factory(), database_url, lambda: holder["api"].now)
-    key_id, key = create_key(store.engine, "test-suite", T0)
-    with TestClient(create_app(services)) as client:
-        holder["api"] = Api(client, services, db, key, key_id)
-        yield holder["api"]
+    with running_api(store, engine_factory(), db, database_url) as running:
+        yield running
 
 
 def business(api: Api, count: int = 5) -> None:

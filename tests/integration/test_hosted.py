@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from conftest import T0, Commands, Db, EngineFactory
+from conftest import T0, Commands, Db, EngineFactory, web_services
 from fastapi.testclient import TestClient
 
 from recobra.domain.messages import ChannelKind, MessageKind, OutboxEntry
-from recobra.messages.links import LinkSigner
-from recobra.settings import Settings
 from recobra.store.sql import SqlStore
 from recobra.web.app import create_app
 from recobra.web.services import Services
@@ -48,14 +47,10 @@ def page(
     store: SqlStore, engine_factory: EngineFactory, db: Db, database_url: str, commands: Commands
 ) -> Iterator[Page]:
     engine = engine_factory()
-    settings = Settings(database_url=database_url, link_secret=SECRET, public_url=PUBLIC, company_name="Acme")
     holder: dict[str, Page] = {}
-    services = Services(
-        settings=settings,
-        store=store,
-        engine=engine,
-        links=LinkSigner(SECRET, PUBLIC),
-        clock=lambda: holder["p"].now,
+    services = web_services(
+        store, engine, database_url, secret=SECRET, public_url=PUBLIC, clock=lambda: holder["p"].now,
+        company_name="Acme",
     )
     engine.handle(commands.payment_failed("1", decline_code="insufficient_funds", network_code="51"))
     with TestClient(create_app(services), base_url=PUBLIC) as client:
@@ -137,6 +132,14 @@ def test_a_good_card_recovers_the_payment_and_spends_the_link(page: Page) -> Non
     assert page.db.count("payment_methods") == 2
 
 
+@pytest.mark.parametrize("typed", ["31", "031", "0031", "2031"])
+def test_the_expiry_year_is_stored_as_it_was_checked(page: Page, typed: str) -> None:
+    answer = page.client.post(page.link(), data=card(exp_year=typed))
+    assert answer.status_code == 200
+    new = next(m for m in page.db.rows("payment_methods") if m["id"].startswith("pm_hosted_"))
+    assert new["exp_year"] == 2031
+
+
 def test_a_declined_card_says_so_and_the_link_still_works(page: Page) -> None:
     link = page.link()
     answer = page.client.post(link + "?lang=es", data=card(outcome="declined"))
@@ -199,3 +202,20 @@ def test_with_the_simulated_gateway_the_page_loads_no_outside_script(page: Page)
     assert "<script" not in answer.text
     assert "js.stripe.com" not in answer.headers["Content-Security-Policy"]
     assert 'name="last4"' in answer.text
+
+
+@pytest.mark.parametrize("purpose", ["update_payment", "unsubscribe", "cancel", "reactivate"])
+def test_the_access_log_never_shows_a_links_token(
+    page: Page, caplog: pytest.LogCaptureFixture, purpose: str
+) -> None:
+    """The link is the customer's credential: the server's access log keeps the page
+    it led to, never the token."""
+    token = page.link().rsplit("/", 1)[1]
+    access = logging.getLogger("uvicorn.access")
+    line = '%s - "%s %s HTTP/%s" %d'  # as uvicorn logs a request
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        access.info(line, "203.0.113.9:5000", "GET", f"/p/{purpose}/{token}?lang=es", "1.1", 200)
+        access.info(line, "203.0.113.9:5000", "POST", f"/p/{purpose}/{token}/stripe", "1.1", 200)
+    assert token not in caplog.text
+    assert f"/p/{purpose}/[link]?lang=es" in caplog.text
+    assert f"/p/{purpose}/[link]/stripe" in caplog.text

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from conftest import T0, TEST_POLICY, Commands, Db, EngineFactory
+from conftest import T0, TEST_POLICY, Commands, Db, EngineFactory, web_services
 from fastapi.testclient import TestClient
 
 from recobra.domain.model import Interval, Plan, Subscription, SubscriptionStatus
@@ -17,10 +17,8 @@ from recobra.engine.relay import EventRelay
 from recobra.engine.service import Engine
 from recobra.gateways.simulated import SimulatedGateway
 from recobra.messages.composer import Sender, TemplateComposer
-from recobra.messages.links import LinkSigner
 from recobra.messages.render import Renderer
 from recobra.ports import DeliveryResult, DeliveryStatus, GatewayError, OutgoingMessage
-from recobra.settings import Settings
 from recobra.store.sql import SqlStore
 from recobra.web.app import create_app
 from recobra.web.services import Services
@@ -76,20 +74,10 @@ def journey(
     gateway: SimulatedGateway,
 ) -> Iterator[Journey]:
     engine = engine_factory(POLICY)
-    settings = Settings(
-        database_url=database_url,
-        link_secret=SECRET,
-        public_url=PUBLIC,
-        company_name="Acme",
-        support_email="help@acme.example",
-    )
     holder: dict[str, Journey] = {}
-    services = Services(
-        settings=settings,
-        store=store,
-        engine=engine,
-        links=LinkSigner(SECRET, PUBLIC),
-        clock=lambda: holder["j"].now,
+    services = web_services(
+        store, engine, database_url, secret=SECRET, public_url=PUBLIC, clock=lambda: holder["j"].now,
+        company_name="Acme", support_email="help@acme.example",
     )
     # A customer in dunning (an open case), and a cheaper plan known from another customer.
     engine.handle(commands.payment_failed("1", decline_code="insufficient_funds", network_code="51"))
@@ -117,6 +105,18 @@ def actions(gateway: SimulatedGateway) -> list[tuple[str, str]]:
     return [(str(a.kind), a.target_id) for a in gateway.subscription_actions()]
 
 
+REASONS = (
+    "too_expensive",
+    "not_using",
+    "missing_feature",
+    "switching",
+    "technical_problems",
+    "temporary",
+    "other",
+)
+"""Every exit reason the page offers, spelt out (not read from the code under test)."""
+
+
 def form(reason: str, step: str = "reason", **extra: str) -> dict[str, str]:
     return {"step": step, "reason": reason, "comment": "", **extra}
 
@@ -127,15 +127,7 @@ def test_the_reason_form_is_labelled_and_in_the_customers_language(journey: Jour
     assert 'lang="en"' in page.text
     assert "Cancel your subscription" in page.text
     assert "$19.00" in page.text
-    for reason in (
-        "too_expensive",
-        "not_using",
-        "missing_feature",
-        "switching",
-        "technical_problems",
-        "temporary",
-        "other",
-    ):
+    for reason in REASONS:
         assert f'<label class="choice" for="reason-{reason}">' in page.text
     assert 'for="anonymous"' in page.text
     assert page.headers["Cache-Control"] == "no-store"
@@ -222,18 +214,7 @@ def test_without_an_offer_the_customer_confirms_then_cancels(journey: Journey) -
     assert journey.surveys()[0]["offer"] is None
 
 
-@pytest.mark.parametrize(
-    "reason",
-    [
-        "too_expensive",
-        "not_using",
-        "missing_feature",
-        "switching",
-        "technical_problems",
-        "temporary",
-        "other",
-    ],
-)
+@pytest.mark.parametrize("reason", REASONS)
 def test_every_reason_completes_the_journey(journey: Journey, reason: str) -> None:
     link = journey.link()
     data = form(reason, comment="because" if reason == "other" else "")

@@ -24,7 +24,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
-from conftest import T0, Commands, Db
+from conftest import T0, Commands, Db, fixed_policy
 from sqlalchemy import text
 
 from recobra.channels.email import SmtpEmailChannel
@@ -70,29 +70,9 @@ win_back = { channels = ["email"], delay = "30d" }
 def policy(messages: str, *, extra: str = NOTIFICATIONS) -> str:
     """A "fixed" policy (retries at +1d, +3d, +6d; final action at +12d) with these
     message steps (TOML inline tables, one per line)."""
-    steps = ",\n    ".join(
-        ['{ after = "1d" }', '{ after = "3d" }', '{ after = "6d" }', *messages.strip().splitlines()]
-    )
-    return f"""\
-name = "messages"
-version = 1
-default_policy = "standard"
-
-[policies.standard]
-strategy = "fixed"
-max_attempts = 3
-max_days = 10
-grace_days = 2
-final_action = "cancel"
-min_interval = "1h"
-steps = [
-    {steps},
-]
-{extra}
-"""
+    return fixed_policy(*messages.strip().splitlines(), name="messages", extra=extra)
 
 
-# Steps m0..m3 in this order: keys are "<case>:m<index>:<channel>".
 DUNNING = policy(
     """
 { action = "message", after = "0m", kind = "payment_failed", channels = ["email", "in_app"] }

@@ -7,7 +7,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from conftest import T0, Commands, Db, EngineFactory
+from conftest import T0, Commands, Db, EngineFactory, fixed_policy
 
 from recobra.channels.in_app import InAppChannel
 from recobra.domain.case import CaseStatus, NextAction
@@ -27,24 +27,11 @@ BASE = "https://pay.example.com"
 OPERATOR = "ops@acme.test"
 CASE = Commands.case_id("1")
 
-POLICY = """\
-name = "operators"
-version = 1
-default_policy = "standard"
-
-[policies.standard]
-strategy = "fixed"
-max_attempts = 3
-max_days = 10
-grace_days = 2
-final_action = "cancel"
-min_interval = "1h"
-steps = [
-    { after = "1d" }, { after = "3d" }, { after = "6d" },
-    { action = "message", after = "0m", kind = "payment_failed", channels = ["in_app"] },
-    { action = "message", after = "2d", kind = "payment_reminder", channels = ["in_app"] },
-]
-"""
+POLICY = fixed_policy(
+    '{ action = "message", after = "0m", kind = "payment_failed", channels = ["in_app"] }',
+    '{ action = "message", after = "2d", kind = "payment_reminder", channels = ["in_app"] }',
+    name="operators",
+)
 
 
 @pytest.fixture

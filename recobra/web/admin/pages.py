@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import jinja2
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
@@ -37,7 +37,7 @@ from recobra.web.admin.session import (
     sessions_of,
 )
 from recobra.web.ratelimit import limits_of, too_many_requests
-from recobra.web.services import Services, get_services
+from recobra.web.services import Services, ServicesDep
 
 PERIODS = (7, 30, 90)
 SURVEY_PERIODS = (7, 30, 90, 365)
@@ -50,7 +50,7 @@ CSP = (
     "frame-ancestors 'none'; base-uri 'none'"
 )
 
-Svc = Annotated[Services, Depends(get_services)]
+Svc = ServicesDep
 
 
 def _money(minor: int, currency: str) -> str:
@@ -278,6 +278,21 @@ def _page_number(raw: str, errors: dict[str, str]) -> int:
     return 1
 
 
+def _pagination(path: str, query: dict[str, str], number: int, total: int) -> dict[str, Any]:
+    """Page ``number`` of ``total`` rows: how many pages, and the links either side."""
+    pages = max(1, -(-total // PER_PAGE))
+
+    def link(n: int) -> str:
+        return f"{path}?" + urlencode({**query, "page": n})
+
+    return {
+        "page_number": number,
+        "pages": pages,
+        "prev_url": link(number - 1) if number > 1 else None,
+        "next_url": link(number + 1) if number < pages else None,
+    }
+
+
 def _amount(raw: str, name: str, label: str, errors: dict[str, str]) -> Decimal | None:
     if not raw:
         return None
@@ -339,11 +354,6 @@ def cases_list(request: Request, svc: Svc, session: CurrentAdmin) -> HTMLRespons
             rows, total = queries.cases(db, parsed.filters, page=parsed.page, per_page=PER_PAGE)
         segments = queries.segments(db)
     query = {k: v for k, v in parsed.form.items() if v and k != "page"}
-    pages = max(1, -(-total // PER_PAGE))
-
-    def link(number: int) -> str:
-        return "/admin/cases?" + urlencode({**query, "page": number})
-
     return page(
         request,
         "admin/cases.html.j2",
@@ -357,10 +367,7 @@ def cases_list(request: Request, svc: Svc, session: CurrentAdmin) -> HTMLRespons
         statuses=[s.value for s in CaseStatus],
         categories=[c.value for c in DeclineCategory],
         segments=segments,
-        page_number=parsed.page,
-        pages=pages,
-        prev_url=link(parsed.page - 1) if parsed.page > 1 else None,
-        next_url=link(parsed.page + 1) if parsed.page < pages else None,
+        **_pagination("/admin/cases", query, parsed.page, total),
     )
 
 
@@ -381,8 +388,10 @@ def _case_page(
     *,
     status: int = 200,
     errors: dict[str, str] | None = None,
-    reason: str = "",
+    values: dict[str, str] | None = None,
 ) -> HTMLResponse:
+    """The case's page; ``errors`` and ``values`` by the id of the form field (the pause
+    and the write-off forms each have their own reason field)."""
     with Session(svc.store.engine) as db:
         row = db.get(queries.CaseRow, case_id)
         if row is None:
@@ -404,7 +413,7 @@ def _case_page(
         paused=row.next_action == "paused",
         done=done,
         errors=errors or {},
-        reason=reason,
+        values=values or {},
     )
 
 
@@ -430,8 +439,9 @@ def case_action(
         errors = {"reason": "Reason (reason): say why the case is written off; it goes on its timeline."}
         return _case_page(request, svc, session, case_id, status=422, errors=errors)
     if len(reason) > 500:
-        errors = {"reason": "Reason (reason): at most 500 characters."}
-        return _case_page(request, svc, session, case_id, status=422, errors=errors, reason=reason)
+        field = "pause-reason" if action == "pause" else "reason"
+        errors = {field: "Reason (reason): at most 500 characters."}
+        return _case_page(request, svc, session, case_id, status=422, errors=errors, values={field: reason})
     try:
         if action == "retry":
             engine.retry_now(case_id, now, operator=who)
@@ -465,11 +475,6 @@ def customers_list(request: Request, svc: Svc, session: CurrentAdmin) -> HTMLRes
     if not errors:
         with Session(svc.store.engine) as db:
             rows, total = queries.customers(db, q, page=number, per_page=PER_PAGE)
-    pages = max(1, -(-total // PER_PAGE))
-
-    def link(n: int) -> str:
-        return "/admin/customers?" + urlencode({**({"q": q} if q else {}), "page": n})
-
     return page(
         request,
         "admin/customers.html.j2",
@@ -480,10 +485,7 @@ def customers_list(request: Request, svc: Svc, session: CurrentAdmin) -> HTMLRes
         rows=rows,
         total=total,
         errors=errors,
-        page_number=number,
-        pages=pages,
-        prev_url=link(number - 1) if number > 1 else None,
-        next_url=link(number + 1) if number < pages else None,
+        **_pagination("/admin/customers", {"q": q} if q else {}, number, total),
     )
 
 
