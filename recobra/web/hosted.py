@@ -59,7 +59,7 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/p/update_payment/{token}")
-def update_paymentpage(
+def update_payment_page(
     token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     link = verify(request, svc, token, "update_payment")
@@ -295,19 +295,19 @@ def _stripe_unavailable(request: Request, svc: Services, lang: str, again_url: s
     return notice(request, svc, lang, t["stripe_unavailable_title"], body, 503, again_url=again_url)
 
 
-def _customerlanguage(request: Request, svc: Services, customer_id: str) -> str:
+def _customer_language(request: Request, svc: Services, customer_id: str) -> str:
     with svc.store.unit_of_work() as uow:
         return language(request, uow.customer_locale(customer_id))
 
 
 @router.get("/p/unsubscribe/{token}")
-def unsubscribepage(
+def unsubscribe_page(
     token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     link = verify(request, svc, token, "unsubscribe")
     if isinstance(link, HTMLResponse):
         return link
-    lang = _customerlanguage(request, svc, link.subject)
+    lang = _customer_language(request, svc, link.subject)
     t = TEXT[lang]
     return page(
         "unsubscribe.html.j2",
@@ -331,7 +331,7 @@ def unsubscribe(
         if link.extra.get("message"):
             uow.record_click(link.extra["message"], svc.now())
         uow.commit()
-    lang = _customerlanguage(request, svc, link.subject)
+    lang = _customer_language(request, svc, link.subject)
     t = TEXT[lang]
     return notice(request, svc, lang, t["unsubscribed_title"], t["unsubscribed"])
 

@@ -267,7 +267,7 @@ def _offer_words(svc: Services, j: _Journey, offer: SaveOffer, now: datetime) ->
 
 
 @router.get("/p/cancel/{token}")
-def cancelpage(
+def cancel_page(
     token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     j = _open(request, svc, token, "cancel")
@@ -439,7 +439,7 @@ def _accept(
 
 
 @router.get("/p/reactivate/{token}")
-def reactivatepage(
+def reactivate_page(
     token: str, request: Request, svc: ServicesDep
 ) -> HTMLResponse:
     j = _open(request, svc, token, "reactivate")
