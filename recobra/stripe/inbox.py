@@ -72,6 +72,8 @@ HANDLED = frozenset(
 
 SETUP_METADATA = "recobra_case"
 """Metadata a hosted-page SetupIntent carries: the case it was made for."""
+SETUP_CUSTOMER_METADATA = "recobra_customer"
+"""Metadata a card-only hosted page's SetupIntent carries instead: the customer."""
 
 
 def setup_event_id(setup_intent_id: str) -> str:
@@ -280,7 +282,8 @@ class EventProcessor:
             case "customer.source.expiring":
                 return self._expiring(event_id, at, obj)
             case "setup_intent.succeeded":
-                if not (obj.get("metadata") or {}).get(SETUP_METADATA):
+                metadata = obj.get("metadata") or {}
+                if not (metadata.get(SETUP_METADATA) or metadata.get(SETUP_CUSTOMER_METADATA)):
                     raise Skip("a SetupIntent not made by Recobra's hosted page")
                 return [self.new_default_card(obj, at)]
             case _:
