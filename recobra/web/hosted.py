@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse
 
-from recobra.domain.case import CaseStatus
+from recobra.domain.case import CaseStatus, DunningCase
 from recobra.domain.model import Customer, Funding, PaymentMethod
 from recobra.engine.campaigns import card_expiry_end
 from recobra.engine.commands import PaymentMethodUpdated
@@ -39,6 +39,9 @@ from recobra.messages.links import SignedLink
 from recobra.web.hosted_text import TEXT
 from recobra.web.pages import CSP, amount, common, language, link_problem, notice, page, verify
 from recobra.web.services import Services, ServicesDep
+
+if TYPE_CHECKING:
+    from recobra.stripe.hosted import CardOnly
 
 BRANDS = (
     ("visa", "Visa"),
@@ -108,7 +111,7 @@ def update_payment_page(
 
 
 def _stripe_element(
-    request: Request, svc: Services, token: str, lang: str, link: SignedLink, page_for: Any
+    request: Request, svc: Services, token: str, lang: str, link: SignedLink, page_for: DunningCase | CardOnly
 ) -> dict[str, Any] | HTMLResponse:
     """The template values for Stripe's element (and the page's CSP), or the page
     saying Stripe cannot be reached."""
@@ -132,7 +135,7 @@ def _stripe_element(
     }
 
 
-def _card_only(view: dict[str, Any]) -> Any:
+def _card_only(view: dict[str, Any]) -> CardOnly:
     """The Stripe element's subject for a card-only page."""
     from recobra.stripe.hosted import CardOnly  # noqa: PLC0415 - the SDK loads only for Stripe
 
@@ -329,7 +332,7 @@ def _result(
     return _declined(request, svc, token, lang, after)
 
 
-def _declined(request: Request, svc: Services, token: str, lang: str, case: Any) -> HTMLResponse:
+def _declined(request: Request, svc: Services, token: str, lang: str, case: DunningCase) -> HTMLResponse:
     t = TEXT[lang]
     return notice(
         request,
@@ -395,7 +398,7 @@ def update_payment_stripe_return(
     lang = language(request, view["customer"].locale)
     t = TEXT[lang]
     params = {k: v for k, v in request.query_params.items() if k in ("setup_intent", "payment_intent")}
-    page_for = _card_only(view) if view["card_only"] else view["bundle"].case
+    page_for: DunningCase | CardOnly = _card_only(view) if view["card_only"] else view["bundle"].case
     try:
         back = stripe_hosted.returned(
             svc.engine.gateway, svc.engine, page_for, params, svc.now()  # type: ignore[arg-type]
