@@ -8,6 +8,10 @@ to Stripe, never to Recobra. Stripe sends the browser back to
 read from Stripe with the secret key (the query string is never trusted), checked
 against the case, its card becomes the default, and the engine retries at once.
 
+A customer's card-only page (an expiring-card or renewal reminder: no case, nothing
+owed) gets a SetupIntent for that customer alone (``CardOnly``); coming back, its card
+becomes the default the same way, and the engine retries any open case of the customer.
+
 When the last decline asked for authentication (3-D Secure / SCA) and the invoice's
 PaymentIntent is waiting for it, the page instead lets the customer authenticate
 that very payment (``stripe.handleNextAction``); the browser comes back with
@@ -28,7 +32,7 @@ from recobra.engine.commands import Command, PaymentSucceeded
 from recobra.stripe import mapping
 from recobra.stripe.config import Mode
 from recobra.stripe.gateway import StripeGateway
-from recobra.stripe.inbox import SETUP_METADATA, EventProcessor, Skip, as_dict
+from recobra.stripe.inbox import SETUP_CUSTOMER_METADATA, SETUP_METADATA, EventProcessor, Skip, as_dict
 
 SCRIPT_URL = "https://js.stripe.com/v3/"
 """Stripe.js must be loaded from Stripe (https://docs.stripe.com/js/including)."""
@@ -61,27 +65,47 @@ class Element:
     script_url: str = SCRIPT_URL
 
 
+@dataclass(frozen=True, slots=True)
+class CardOnly:
+    """A customer's card-only page: no case, only the card on file to replace."""
+
+    customer_id: str
+    card_on_file: str | None
+    """The default payment method's id: once a new card is saved, a fresh SetupIntent."""
+
+
 def element(
-    gateway: StripeGateway, case: DunningCase, *, nonce: str, return_url: str
+    gateway: StripeGateway, page: DunningCase | CardOnly, *, nonce: str, return_url: str
 ) -> Element:
-    """The SetupIntent (or the payment to authenticate) for this case's page."""
+    """The SetupIntent (or the payment to authenticate) for this case's page, or the
+    SetupIntent for a customer's card-only page."""
     key = gateway.settings.publishable_key
     if not key:
         raise ElementUnavailable("publishable_key is not configured")
     client = gateway.client
     try:
-        if case.last_decline.category is DeclineCategory.AUTHENTICATION_REQUIRED:
-            secret = _payment_to_authenticate(gateway, case)
-            if secret:
-                return Element(key, secret, "authenticate", return_url)
-        metadata = {SETUP_METADATA: case.id}
-        if case.subscription_id:
-            metadata["recobra_subscription"] = case.subscription_id
-        intent = client.v1.setup_intents.create(
-            {"customer": case.customer_id, "usage": "off_session", "metadata": metadata},
+        if isinstance(page, CardOnly):
+            customer_id = page.customer_id
+            metadata = {SETUP_CUSTOMER_METADATA: page.customer_id}
+            # One per link and card on file: a reload shows the same one, and once a
+            # card is saved (then declined by an open case) the next try gets a fresh one.
+            idempotency_key = f"recobra:setup:{nonce}:card:{page.card_on_file or ''}"
+        else:
+            case = page
+            if case.last_decline.category is DeclineCategory.AUTHENTICATION_REQUIRED:
+                secret = _payment_to_authenticate(gateway, case)
+                if secret:
+                    return Element(key, secret, "authenticate", return_url)
+            customer_id = case.customer_id
+            metadata = {SETUP_METADATA: case.id}
+            if case.subscription_id:
+                metadata["recobra_subscription"] = case.subscription_id
             # One per link and attempt: a reload shows the same one, and after a card
             # that was saved then declined the next try gets a fresh SetupIntent.
-            {"idempotency_key": f"recobra:setup:{nonce}:{case.attempts}"},
+            idempotency_key = f"recobra:setup:{nonce}:{case.attempts}"
+        intent = client.v1.setup_intents.create(
+            {"customer": customer_id, "usage": "off_session", "metadata": metadata},
+            {"idempotency_key": idempotency_key},
         )
     except stripe.StripeError as exc:
         raise ElementUnavailable(str(exc.user_message or exc)) from exc
@@ -109,20 +133,34 @@ class Returned:
     """``succeeded``, ``processing`` or ``failed``."""
 
 
+def _made_for(intent: dict[str, Any], page: DunningCase | CardOnly) -> bool:
+    """Whether a SetupIntent was made by this page: its metadata names the case (or,
+    on a card-only page, the customer) and it belongs to that customer."""
+    metadata = intent.get("metadata") or {}
+    if isinstance(page, CardOnly):
+        owner, customer_id = metadata.get(SETUP_CUSTOMER_METADATA) == page.customer_id, page.customer_id
+    else:
+        owner, customer_id = metadata.get(SETUP_METADATA) == page.id, page.customer_id
+    return owner and mapping.ref(intent.get("customer")) == customer_id
+
+
 def returned(
-    gateway: StripeGateway, engine: Any, case: DunningCase, params: dict[str, str], now: datetime
+    gateway: StripeGateway,
+    engine: Any,
+    page: DunningCase | CardOnly,
+    params: dict[str, str],
+    now: datetime,
 ) -> Returned:
     """Read the SetupIntent or PaymentIntent named in the return address from Stripe
-    and check that it belongs to this case. ``LookupError`` when it does not;
+    and check that it belongs to this case (or, on a card-only page, to this customer;
+    there only a SetupIntent is expected). ``LookupError`` when it does not;
     ``ElementUnavailable`` when Stripe cannot be reached."""
     client = gateway.client
     try:
         if params.get("setup_intent"):
             intent = as_dict(client.v1.setup_intents.retrieve(params["setup_intent"]))
-            if (intent.get("metadata") or {}).get(SETUP_METADATA) != case.id or mapping.ref(
-                intent.get("customer")
-            ) != case.customer_id:
-                raise LookupError("the SetupIntent is not this case's")
+            if not _made_for(intent, page):
+                raise LookupError("the SetupIntent was not made for this page")
             if intent.get("status") == "processing":
                 return Returned(None, "processing")
             if intent.get("status") != "succeeded":
@@ -132,7 +170,8 @@ def returned(
                 return Returned(processor.new_default_card(intent, now), "succeeded")
             except Skip:
                 return Returned(None, "failed")
-        if params.get("payment_intent"):
+        if params.get("payment_intent") and isinstance(page, DunningCase):
+            case = page
             pi = as_dict(client.v1.payment_intents.retrieve(params["payment_intent"]))
             invoice = as_dict(client.v1.invoices.retrieve(case.invoice_id))
             if pi.get("id") != mapping.invoice_payment_intent_id(invoice):

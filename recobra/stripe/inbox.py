@@ -72,6 +72,8 @@ HANDLED = frozenset(
 
 SETUP_METADATA = "recobra_case"
 """Metadata a hosted-page SetupIntent carries: the case it was made for."""
+SETUP_CUSTOMER_METADATA = "recobra_customer"
+"""Metadata a card-only hosted page's SetupIntent carries instead: the customer."""
 
 
 def setup_event_id(setup_intent_id: str) -> str:
@@ -280,7 +282,8 @@ class EventProcessor:
             case "customer.source.expiring":
                 return self._expiring(event_id, at, obj)
             case "setup_intent.succeeded":
-                if not (obj.get("metadata") or {}).get(SETUP_METADATA):
+                metadata = obj.get("metadata") or {}
+                if not (metadata.get(SETUP_METADATA) or metadata.get(SETUP_CUSTOMER_METADATA)):
                     raise Skip("a SetupIntent not made by Recobra's hosted page")
                 return [self.new_default_card(obj, at)]
             case _:
@@ -440,14 +443,25 @@ class EventProcessor:
             {"invoice_settings": {"default_payment_method": pm_id}},
             {"idempotency_key": f"{key}:customer"},
         )
-        sub_id = (setup_intent.get("metadata") or {}).get("recobra_subscription")
-        if self.settings.mode is Mode.BILLING and sub_id:
+        metadata = setup_intent.get("metadata") or {}
+        if self.settings.mode is Mode.BILLING:
             # A subscription's own default method outranks the customer's: move it too.
-            sub = as_dict(self.client.v1.subscriptions.retrieve(sub_id))
-            if mapping.ref(sub.get("default_payment_method")) not in (None, pm_id):
-                self.client.v1.subscriptions.update(
-                    sub_id, {"default_payment_method": pm_id}, {"idempotency_key": f"{key}:subscription"}
-                )
+            # A case's page names its subscription; a card-only page names none, and the
+            # new card is then the one for every subscription of the customer.
+            if metadata.get("recobra_subscription"):
+                subs = [as_dict(self.client.v1.subscriptions.retrieve(metadata["recobra_subscription"]))]
+            elif metadata.get(SETUP_CUSTOMER_METADATA):
+                listed = self.client.v1.subscriptions.list({"customer": customer_id, "limit": 100})
+                subs = [as_dict(sub) for sub in listed.data]
+            else:
+                subs = []
+            for sub in subs:
+                if mapping.ref(sub.get("default_payment_method")) not in (None, pm_id):
+                    self.client.v1.subscriptions.update(
+                        str(sub["id"]),
+                        {"default_payment_method": pm_id},
+                        {"idempotency_key": f"{key}:subscription:{sub['id']}"},
+                    )
         pm = as_dict(self.client.v1.payment_methods.retrieve(pm_id))
         method = mapping.payment_method(pm, customer_id=customer_id, is_default=True)
         if method is None:

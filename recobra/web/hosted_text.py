@@ -10,6 +10,23 @@ TEXT: dict[str, dict[str, str]] = {
         "why": "What happened: {reason}",
         "card_on_file": "The card on file is your {brand} ending in {last4}.",
         "form_intro": "Enter your new card. We will try the payment again right away.",
+        "title_card": "Keep your card up to date",
+        "card_intro": "Nothing is owed. This page only updates the card we charge for your subscription, "
+        "so that your next payment goes through.",
+        "card_on_file_until": "The card on file is your {brand} ending in {last4}, valid until the end of "
+        "{expiry}.",
+        "card_soon": "It expires soon.",
+        "card_expired": "It has expired.",
+        "card_none": "We have no card on file for you.",
+        "card_pending": "You also have a payment pending: we will try it again with the new card right away.",
+        "card_form_intro": "Enter your new card. We will use it from now on.",
+        "card_stripe_intro": "Enter your new card below. It goes straight to Stripe, our payment processor; "
+        "we use it from now on.",
+        "submit_card": "Save card",
+        "card_saved_title": "Your card is saved",
+        "card_saved": "From now on we will charge your {brand} ending in {last4}. There is nothing more "
+        "to do.",
+        "card_saved_recovered": "We also collected your pending payment of {amount} for {plan}.",
         "brand": "Card network",
         "last4": "Last 4 digits",
         "expiry": "Expiry (month / year)",
@@ -67,6 +84,24 @@ TEXT: dict[str, dict[str, str]] = {
         "why": "Qué ocurrió: {reason}",
         "card_on_file": "La tarjeta registrada es tu {brand} terminada en {last4}.",
         "form_intro": "Ingresa tu nueva tarjeta. Volveremos a intentar el cobro de inmediato.",
+        "title_card": "Mantén tu tarjeta al día",
+        "card_intro": "No debes nada. Esta página solo actualiza la tarjeta con la que pagas tu "
+        "suscripción, para que tu próximo pago se complete.",
+        "card_on_file_until": "La tarjeta registrada es tu {brand} terminada en {last4}, válida hasta el "
+        "final de {expiry}.",
+        "card_soon": "Vence pronto.",
+        "card_expired": "Ya venció.",
+        "card_none": "No tenemos ninguna tarjeta registrada a tu nombre.",
+        "card_pending": "También tienes un pago pendiente: lo volveremos a intentar con la nueva tarjeta de "
+        "inmediato.",
+        "card_form_intro": "Ingresa tu nueva tarjeta. La usaremos a partir de ahora.",
+        "card_stripe_intro": "Ingresa tu nueva tarjeta abajo. Va directamente a Stripe, nuestro procesador "
+        "de pagos; la usaremos a partir de ahora.",
+        "submit_card": "Guardar tarjeta",
+        "card_saved_title": "Tu tarjeta quedó guardada",
+        "card_saved": "A partir de ahora cobraremos en tu {brand} terminada en {last4}. No tienes que hacer "
+        "nada más.",
+        "card_saved_recovered": "También cobramos tu pago pendiente de {amount} por {plan}.",
         "brand": "Red de la tarjeta",
         "last4": "Últimos 4 dígitos",
         "expiry": "Vencimiento (mes / año)",

@@ -16,7 +16,7 @@ from recobra.domain.model import (
     InvoiceStatus,
     PaymentMethod,
 )
-from recobra.engine.commands import PaymentFailed
+from recobra.engine.commands import PaymentFailed, SubscriptionUpdated
 from recobra.web.services import Services
 
 from .browser import (
@@ -105,3 +105,77 @@ def test_a_customer_fixes_the_payment_from_the_link(
     assert tab.locator("h1").inner_text() in ("Este enlace ya se usó", "This link was already used")
     with services.store.engine.connect() as conn:
         assert conn.scalar(text("select status from cases where id = :c"), {"c": case}) == "recovered"
+
+
+# --------------------------------------------------------------------------- card only
+
+
+@pytest.fixture
+def reminded(tmp_path: Path) -> Iterator[tuple[str, Services]]:
+    """Two subscribers whose cards expire at the end of next month, with nothing failing:
+    what an expiring-card reminder's link leads to."""
+    require_chromium()
+    services = simulated_services(migrated_sqlite(tmp_path / "r.db"), SECRET, company_name="Acme Cloud")
+    now = datetime.now(UTC)
+    soon = (now.replace(day=1) + timedelta(days=32)).replace(day=1)
+    for i, (customer, sub) in enumerate(two_subscribers(now)):
+        card = PaymentMethod(f"pm_{i}", customer.id, "tok_sim_ok", "visa", "4242", soon.month, soon.year)
+        services.engine.handle(SubscriptionUpdated(f"evt_{i}", now - timedelta(hours=2), customer, sub, card))
+    with serving(services) as base:
+        yield base, services
+
+
+@pytest.mark.parametrize(
+    ("customer", "lang", "title", "other_title", "done"),
+    [
+        ("cus_0", "es", "Mantén tu tarjeta al día", "Keep your card up to date", "Tu tarjeta quedó guardada"),
+        ("cus_1", "en", "Keep your card up to date", "Mantén tu tarjeta al día", "Your card is saved"),
+    ],
+)
+def test_a_customer_replaces_an_expiring_card_from_the_reminder(
+    reminded: tuple[str, Services],
+    browser: Browser,
+    customer: str,
+    lang: str,
+    title: str,
+    other_title: str,
+    done: str,
+) -> None:
+    base, services = reminded
+    link = services.links.make("update_payment", customer, now=datetime.now(UTC), ttl=timedelta(days=40))
+    assert link.startswith(base)
+    tab = browser.new_page(viewport=PHONE)
+    tab.goto(link)
+    assert tab.locator("h1").inner_text() == title
+    assert tab.get_attribute("html", "lang") == lang
+    assert tab.locator("#card-expiry").is_visible()  # "expires soon"
+    assert "4242" in tab.locator(".card").inner_text()
+    # The language switch shows the same card-only page in the other language, and back.
+    tab.click("header a")
+    assert tab.locator("h1").inner_text() == other_title
+    tab.click("header a")
+    assert tab.locator("h1").inner_text() == title
+    shot(tab, f"update-card-{lang}")
+    # An invalid expiry is named by its field.
+    tab.get_by_label("Últimos 4 dígitos" if lang == "es" else "Last 4 digits").fill("5454")
+    tab.select_option("#brand", "mastercard")
+    tab.fill("#exp_month", "13")
+    tab.fill("#exp_year", str(datetime.now(UTC).year + 3))
+    tab.click("button[type=submit]")
+    assert tab.locator("[role=alert]").is_visible()
+    assert tab.get_attribute("#exp_month", "aria-invalid") == "true"
+    tab.fill("#exp_month", "9")
+    tab.focus("button[type=submit]")
+    tab.keyboard.press("Enter")
+    tab.wait_for_selector("h1")
+    assert tab.locator("h1").inner_text() == done
+    assert "5454" in tab.locator(".card").inner_text()
+    shot(tab, f"update-card-{lang}-done")
+    tab.goto(link)
+    assert tab.locator("h1").inner_text() in ("Este enlace ya se usó", "This link was already used")
+    with services.store.engine.connect() as conn:
+        saved = conn.execute(
+            text("select last4, exp_month from payment_methods where customer_id = :c and is_default"),
+            {"c": customer},
+        ).all()
+    assert [tuple(row) for row in saved] == [("5454", 9)]

@@ -515,6 +515,82 @@ def test_a_payment_that_needs_3d_secure_is_authenticated_by_the_customer(app: St
     assert app.db.case(case_id)["status"] == "recovered"
 
 
+def _known_customer(app: StripeApp) -> str:
+    """A customer Recobra knows from an upcoming renewal, with nothing failing."""
+    customer = app.account.customer("lia@example.com", locale="en")
+    app.account.card(customer, CARD_OK)
+    sub = app.account.subscription(customer, app.account.price(12000))
+    upcoming = {"id": f"upcoming_{sub['id']}", "object": "invoice", "customer": customer,
+                "subscription": sub["id"], "amount_due": 12000, "currency": "usd"}
+    app.send(app.event("invoice.upcoming", upcoming))
+    assert app.db.rows("customers", id=customer)
+    return customer
+
+
+def test_the_card_only_page_saves_a_card_for_the_customer(app: StripeApp) -> None:
+    customer = _known_customer(app)
+    link = _link(app, customer)  # a reminder's link names the customer, not a case
+
+    html = app.client.get(link + "?lang=en").text
+
+    assert "Keep your card up to date" in html
+    assert 'id="payment-element"' in html
+    assert 'name="last4"' not in html
+    seti = html.split('"secret": "')[1].split("_secret_")[0]
+    intent = app.account.client.v1.setup_intents.retrieve(seti)
+    assert intent.customer == customer
+    assert intent.metadata.to_dict() == {"recobra_customer": customer}
+    # What Stripe.js does in the customer's browser: confirm the SetupIntent with the card.
+    card = app.account.card(customer, CARD_OK, default=False)
+    app.account.client.v1.setup_intents.confirm(seti, {"payment_method": card})
+
+    answer = app.client.get(f"{link}/stripe?lang=en&setup_intent={seti}&redirect_status=succeeded")
+
+    assert answer.status_code == 200
+    assert "Your card is saved" in answer.text
+    assert "Visa ending in 4242" in answer.text
+    assert app.account.client.v1.customers.retrieve(customer).invoice_settings.default_payment_method == card
+    (default,) = [m for m in app.db.rows("payment_methods", customer_id=customer) if m["is_default"]]
+    assert default["id"] == card
+    assert app.db.rows("cases") == []
+    # The webhook for the same SetupIntent is the same event for the engine; the link is spent.
+    confirmed = app.account.client.v1.setup_intents.retrieve(seti).to_dict()
+    assert app.send(app.event("setup_intent.succeeded", confirmed)).status_code == 200
+    assert app.inbox()[f"evt_setup_intent_succeeded_{seti}_"]["status"] == "done"
+    assert app.client.get(link).status_code == 410
+    assert app.client.get(f"{link}/stripe?setup_intent={seti}").status_code == 410
+
+
+def test_the_card_only_page_refuses_another_customer_s_setup_intent(app: StripeApp) -> None:
+    customer = _known_customer(app)
+    (before,) = [m["id"] for m in app.db.rows("payment_methods", customer_id=customer) if m["is_default"]]
+    link = _link(app, customer)
+    stranger = app.account.customer("eve@example.com")
+    card = app.account.card(stranger, CARD_OK, default=False)
+    theirs = app.account.client.v1.setup_intents.create(
+        {"customer": stranger, "metadata": {"recobra_customer": stranger}}
+    )
+    app.account.client.v1.setup_intents.confirm(theirs.id, {"payment_method": card})
+    # Nor one of the stranger's that claims to be this customer's.
+    claimed = app.account.client.v1.setup_intents.create(
+        {"customer": stranger, "metadata": {"recobra_customer": customer}}
+    )
+    app.account.client.v1.setup_intents.confirm(claimed.id, {"payment_method": card})
+
+    for seti in (theirs.id, claimed.id):
+        answer = app.client.get(f"{link}/stripe?lang=en&setup_intent={seti}")
+        assert answer.status_code == 404
+        assert "not valid" in answer.text
+    assert app.client.get(f"{link}/stripe?payment_intent=pi_123").status_code == 404
+
+    assert [m["id"] for m in app.db.rows("payment_methods", customer_id=customer) if m["is_default"]] == [
+        before
+    ]
+    at_stripe = app.account.client.v1.customers.retrieve(customer)
+    assert at_stripe.invoice_settings.default_payment_method == before
+    assert app.client.get(link).status_code == 200  # the link is not spent
+
+
 # --------------------------------------------------------------------------- more events
 
 
