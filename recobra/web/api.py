@@ -24,6 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from recobra.domain.case import CaseStatus, EventKind, FinalAction, NextAction
 from recobra.domain.errors import IllegalTransition
 from recobra.domain.model import AttemptStatus, AttemptTrigger, Funding, Interval, SubscriptionStatus
+from recobra.engine.commands import Command, PaymentMethodUpdated
+from recobra.engine.service import HandleResult
 from recobra.ports import ConcurrentUpdate
 from recobra.schemas import EventError, event_json_schema, parse_events_text
 from recobra.store.keys import get_key
@@ -417,7 +419,11 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _ingest(services: Services, text: str) -> tuple[list[str], IngestResult]:
+SMALL_BODY = 64 * 1024
+"""Bodies up to this size are parsed on the event loop; larger ones in a worker thread."""
+
+
+def _parse(text: str) -> list[Command]:
     if not text.strip():
         raise _invalid_events([("(json)", "empty body: send one event object or a JSON array of events")])
     try:
@@ -426,12 +432,23 @@ def _ingest(services: Services, text: str) -> tuple[list[str], IngestResult]:
         raise _invalid_events(exc.problems) from None
     if len(commands) > MAX_EVENTS:
         raise _invalid_events([("events", f"at most {MAX_EVENTS} events per request, got {len(commands)}")])
-    try:
-        handled = services.engine.handle_many(commands) if commands else []
-    except ConcurrentUpdate:
-        raise Problem(
-            409, "Conflict", "cases changed while the events were applied; send them again"
-        ) from None
+    return commands
+
+
+async def _ingest(services: Services, text: str) -> tuple[list[str], IngestResult]:
+    """Check every event, then apply them all (or none) in a transaction shared with
+    concurrent requests (recobra.web.ingest); immediate retries run after the commit."""
+    commands = _parse(text) if len(text) <= SMALL_BODY else await run_in_threadpool(_parse, text)
+    handled: list[HandleResult] = []
+    if commands:
+        try:
+            handled = await services.group_commit.submit(commands)
+        except ConcurrentUpdate:
+            raise Problem(
+                409, "Conflict", "cases changed while the events were applied; send them again"
+            ) from None
+        if any(isinstance(c, PaymentMethodUpdated) for c in commands):
+            await run_in_threadpool(services.engine.retry_now, commands, handled)
     results = [
         EventResult(id=r.event_id, duplicate=r.duplicate, case_ids=list(r.case_ids), note=r.note)
         for r in handled
@@ -485,7 +502,7 @@ async def post_events(request: Request, services: ServicesDep) -> IngestResult:
         raise _invalid_events([("(json)", "the body is not UTF-8 text")]) from None
     metrics = metrics_of(request.app)
     try:
-        kinds, result = await run_in_threadpool(_ingest, services, text)
+        kinds, result = await _ingest(services, text)
     except Problem as problem:
         if problem.status == 422 and metrics is not None:
             metrics.rejected.inc()

@@ -12,7 +12,9 @@ from recobra.bootstrap import build_engine, load_policies, open_store
 from recobra.engine.service import Engine
 from recobra.messages.links import LinkSigner
 from recobra.settings import Settings, SettingsError
+from recobra.store.keys import VerifiedKeys
 from recobra.store.sql import SqlStore
+from recobra.web.ingest import GroupCommit
 
 
 def _wall_clock() -> datetime:
@@ -28,6 +30,9 @@ class Services:
     engine: Engine
     links: LinkSigner
     clock: Callable[[], datetime] = field(default=_wall_clock)
+    keys: VerifiedKeys = field(default_factory=VerifiedKeys)
+    """API keys verified a moment ago (revocation is honoured within seconds)."""
+    _group_commit: GroupCommit | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Services:
@@ -47,6 +52,13 @@ class Services:
 
     def now(self) -> datetime:
         return self.clock()
+
+    @property
+    def group_commit(self) -> GroupCommit:
+        """Writes concurrent requests' events in shared transactions (recobra.web.ingest)."""
+        if self._group_commit is None:
+            self._group_commit = GroupCommit(self.engine.apply_events)
+        return self._group_commit
 
     def close(self) -> None:
         self.store.dispose()
