@@ -68,3 +68,9 @@ def get_services(request: Request) -> Services:
     """FastAPI dependency: the application's services."""
     value: Services = request.app.state.services
     return value
+
+
+async def services_now(request: Request) -> Services:
+    """``get_services`` as a coroutine, for hot routes: FastAPI runs a plain function
+    dependency in a worker thread, a hop that costs more than the lookup itself."""
+    return get_services(request)
