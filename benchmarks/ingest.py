@@ -181,7 +181,7 @@ def api_key(url: str) -> str:
     return key
 
 
-def start_server(url: str, port: int) -> subprocess.Popen[str]:
+def start_server(url: str, port: int, workers: int | None) -> subprocess.Popen[str]:
     base = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -190,13 +190,16 @@ def start_server(url: str, port: int) -> subprocess.Popen[str]:
         "RECOBRA_PUBLIC_URL": base,
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "recobra.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable, "-m", "recobra.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+            *(["--workers", str(workers)] if workers else []),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
@@ -237,6 +240,7 @@ def figures(
         "events": args.events,
         "events_per_request": args.batch,
         "concurrency": args.concurrency,
+        "server_processes": args.workers or "default (one per core)",
         "wall_seconds": round(wall, 2),
         "events_per_second": round(args.events / wall, 1),
         "latency_ms": {
@@ -265,12 +269,13 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=1, help="events per request")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent connections")
+    parser.add_argument("--workers", type=int, default=None, help="server processes (default: serve's)")
     args = parser.parse_args()
     with fresh_database(args.database_url) as url:
         key = api_key(url)
         port = free_port()
-        server = start_server(url, port)
+        server = start_server(url, port, args.workers)
         try:
             at = datetime.now(UTC).isoformat()
             events = [event(i, at) for i in range(args.events)]

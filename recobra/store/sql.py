@@ -86,7 +86,6 @@ methods_t = PaymentMethodRow.__table__
 # Hot statements are built once, with expanding IN parameters, so executing them
 # skips SQLAlchemy's construction and cache-key work (a tick runs each of them).
 _ids = bindparam("ids", expanding=True)
-_SEEN_EVENTS = select(ProcessedEventRow.event_id).where(ProcessedEventRow.event_id.in_(_ids))
 _CASES_BY_ID = select(cases_t).where(cases_t.c.id.in_(_ids))
 _CASES_BY_INVOICE = select(cases_t).where(cases_t.c.invoice_id.in_(_ids))
 _CUSTOMERS_BY_ID = select(customers_t).where(customers_t.c.id.in_(_ids))
@@ -397,6 +396,18 @@ def _upsert(
     conn.execute(stmt, rows)
 
 
+def _remember_statement(dialect: str) -> Any:
+    key = ("remember-events", dialect)
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        table = ProcessedEventRow.__table__
+        ins: Any = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+        stmt = _STATEMENTS[key] = ins.on_conflict_do_nothing(index_elements=["event_id"]).returning(
+            table.c.event_id
+        )
+    return stmt
+
+
 @lru_cache(maxsize=4096)
 def _decline(category: str | None, code: str | None, network: str | None, advice: str | None) -> Decline:
     """Rebuild a stored decline (cached: the same few codes come back on every row)."""
@@ -554,16 +565,18 @@ class SqlUnitOfWork:
     def remember_events(self, events: Sequence[tuple[str, str, datetime]]) -> set[str]:
         if not events:
             return set()
-        seen = set(self.conn.scalars(_SEEN_EVENTS, {"ids": [e[0] for e in events]}))
         rows: dict[str, dict[str, Any]] = {}
         for event_id, kind, at in events:
-            if event_id not in seen and event_id not in rows:
+            if event_id not in rows:
                 rows[event_id] = {"event_id": event_id, "kind": kind, "occurred_at": at}
-        if rows:
-            # A concurrent writer inserting the same id makes this fail and the whole
-            # unit of work roll back: the event is then a duplicate on its next delivery.
-            self.conn.execute(ProcessedEventRow.__table__.insert(), list(rows.values()))
-        return set(rows)
+        # One statement: the ids it inserts are the fresh ones. An id being inserted
+        # by a concurrent writer makes PostgreSQL wait for that writer's outcome: once
+        # it commits, the id is a duplicate here; should it roll back, it is fresh.
+        # In key order, so that two such writers cannot deadlock.
+        result = self.conn.execute(
+            _remember_statement(self.conn.dialect.name), [rows[k] for k in sorted(rows)]
+        )
+        return set(result.scalars())
 
     # -- reference data
     def upsert_customers(self, customers: Sequence[Customer]) -> None:
