@@ -7,6 +7,7 @@ objects here and nowhere else.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Connection,
     Engine,
     Row,
@@ -70,6 +72,7 @@ from recobra.store.tables import (
     RelayCursorRow,
     SubscriptionRow,
     UsedLinkRow,
+    UTCDateTime,
 )
 
 CARD_HISTORY = timedelta(days=30)
@@ -381,7 +384,25 @@ def _upsert(
         return
     dialect = conn.dialect.name
     cols = tuple(rows[0])
-    rows = sorted(rows, key=lambda r: tuple(r[k] for k in keys))  # a consistent lock order
+    # One row per key, as if the rows had been written one after another (the first
+    # one's ``keep`` columns, the last one's others): one multi-row upsert may not touch
+    # a row twice. In key order, so that concurrent writers lock rows in the same order.
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        k = tuple(row[c] for c in keys)
+        first = merged.get(k)
+        merged[k] = row if first is None else {**row, **{c: first[c] for c in keep}}
+    rows = [merged[k] for k in sorted(merged)]
+    if dialect == "postgresql" and len(rows) > 1:
+        updates = [c for c in cols if c not in keys and c not in keep]
+        target = ", ".join(f'"{k}"' for k in keys)
+        action = (
+            "DO UPDATE SET " + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in updates)
+            if updates
+            else "DO NOTHING"
+        )
+        _pg_insert(conn, table, rows, f"ON CONFLICT ({target}) {action}")
+        return
     cache_key = ("upsert", dialect, table.name, cols, tuple(keys), tuple(keep))
     stmt = _STATEMENTS.get(cache_key)
     if stmt is None:
@@ -394,6 +415,68 @@ def _upsert(
         )
         _STATEMENTS[cache_key] = stmt
     conn.execute(stmt, rows)
+
+
+def _pg_types(table: Any) -> dict[str, tuple[str, bool, bool]]:
+    """Column -> (PostgreSQL type, is JSON, is a datetime) for ``_pg_insert``."""
+    key = ("pg-types", table.name)
+    types = _STATEMENTS.get(key)
+    if types is None:
+        dialect = postgresql.dialect()
+        types = _STATEMENTS[key] = {
+            c.name: (
+                c.type.compile(dialect=dialect),
+                isinstance(c.type, JSON),
+                isinstance(c.type, UTCDateTime),
+            )
+            for c in table.columns
+        }
+    return types
+
+
+def _pg_insert(conn: Connection, table: Any, rows: list[dict[str, Any]], conflict: str = "") -> None:
+    """PostgreSQL: insert ``rows`` (dicts with the same keys) in ONE statement whose
+    text never changes: ``INSERT ... SELECT * FROM unnest($1::type[], ...)``, one array
+    per column. The server prepares it once; each call sends a handful of arrays rather
+    than a statement per row, which is most of the cost of writing a case (a case is
+    about twenty rows: the case, its timeline, its attempt, its messages ...).
+    ``conflict`` is the ON CONFLICT clause, if any."""
+    given = tuple(rows[0])
+    key = ("pg-insert", table.name, given, conflict)
+    entry = _STATEMENTS.get(key)
+    types = _pg_types(table)
+    if entry is None:
+        # Columns left out get their scalar default, as SQLAlchemy's INSERT gives them.
+        defaults = {
+            c.name: c.default.arg
+            for c in table.columns
+            if c.name not in given and c.default is not None and c.default.is_scalar
+        }
+        cols = (*given, *defaults)
+        arrays = ", ".join(f"%({c})s::{types[c][0]}[]" for c in cols)
+        names = ", ".join(f'"{c}"' for c in cols)
+        sql = f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) {conflict}'.rstrip()
+        entry = _STATEMENTS[key] = (sql, defaults)
+    sql, defaults = entry
+    params: dict[str, list[Any]] = {c: [value] * len(rows) for c, value in defaults.items()}
+    for c in given:
+        _type, is_json, is_time = types[c]
+        values = [r[c] for r in rows]
+        if is_json:  # as SQLAlchemy's JSON type writes it (None is JSON null)
+            values = [json.dumps(v) for v in values]
+        elif is_time and any(v is not None and v.tzinfo is None for v in values):
+            raise ValueError("naive datetime reached the database")
+        params[c] = values
+    conn.exec_driver_sql(sql, params)
+
+
+def _insert(conn: Connection, stmt: Any, table: Any, rows: list[dict[str, Any]], conflict: str = "") -> None:
+    """``stmt`` for every row (SQLite: the driver's executemany); several rows on
+    PostgreSQL: one ``_pg_insert`` with ``conflict``, the same clause as ``stmt``'s."""
+    if len(rows) > 1 and conn.dialect.name == "postgresql":
+        _pg_insert(conn, table, rows, conflict)
+    else:
+        conn.execute(stmt, rows)
 
 
 def _remember_statement(dialect: str) -> Any:
@@ -774,9 +857,9 @@ class SqlUnitOfWork:
             rows.append(values)
             events.extend(_event_values(case.collect_events()))
         if rows:
-            self.conn.execute(_INSERT_CASES, rows)
+            _insert(self.conn, _INSERT_CASES, cases_t, rows)
         if events:
-            self.conn.execute(_INSERT_EVENTS, events)
+            _insert(self.conn, _INSERT_EVENTS, events_t, events)
 
     def save_cases(self, cases: Sequence[DunningCase], *, release_claims: bool) -> None:
         if not cases:
@@ -797,7 +880,7 @@ class SqlUnitOfWork:
         for case in cases:
             case.version += 1
         if events:
-            self.conn.execute(_INSERT_EVENTS, events)
+            _insert(self.conn, _INSERT_EVENTS, events_t, events)
 
     def lock_cases(self, case_ids: Sequence[str]) -> dict[str, int]:
         if not case_ids:
@@ -830,7 +913,7 @@ class SqlUnitOfWork:
         billing = [_attempt_values(a) for a in attempts if a.trigger is AttemptTrigger.BILLING]
         own = [_attempt_values(a) for a in attempts if a.trigger is not AttemptTrigger.BILLING]
         if own:
-            self.conn.execute(_INSERT_ATTEMPTS, own)
+            _insert(self.conn, _INSERT_ATTEMPTS, attempts_t, own)
         if billing:
             # The billing system may report the same failed charge twice (two events,
             # one charge): record it once.
@@ -840,7 +923,8 @@ class SqlUnitOfWork:
             stmt = _STATEMENTS.get(key)
             if stmt is None:
                 stmt = _STATEMENTS[key] = ins.on_conflict_do_nothing(index_elements=["idempotency_key"])
-            self.conn.execute(stmt, billing)
+            conflict = 'ON CONFLICT ("idempotency_key") DO NOTHING'
+            _insert(self.conn, stmt, attempts_t, billing, conflict)
 
     def finish_attempts(self, attempts: Sequence[Attempt]) -> None:
         if not attempts:
@@ -1017,7 +1101,7 @@ class SqlUnitOfWork:
         if stmt is None:
             ins: Any = postgresql.insert(messages_t) if dialect == "postgresql" else sqlite.insert(messages_t)
             stmt = _STATEMENTS[key] = ins.on_conflict_do_nothing(index_elements=["key"])
-        self.conn.execute(stmt, rows)
+        _insert(self.conn, stmt, messages_t, rows, 'ON CONFLICT ("key") DO NOTHING')
 
     def _set_preference(self, customer_id: str, at: datetime, **values: bool) -> None:
         _upsert(
