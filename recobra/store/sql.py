@@ -453,7 +453,8 @@ def _pg_insert(conn: Connection, table: Any, rows: list[dict[str, Any]], conflic
             if c.name not in given and c.default is not None and c.default.is_scalar
         }
         cols = (*given, *defaults)
-        arrays = ", ".join(f"%({c})s::{types[c][0]}[]" for c in cols)
+        # Binary parameters (%b): psycopg writes arrays in binary in C, in text in Python.
+        arrays = ", ".join(f"%({c})b::{types[c][0]}[]" for c in cols)
         names = ", ".join(f'"{c}"' for c in cols)
         sql = f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) {conflict}'.rstrip()
         entry = _STATEMENTS[key] = (sql, defaults)
