@@ -1,11 +1,13 @@
 """Group commit for ``POST /api/v1/events``: concurrent requests share one transaction.
 
 Each request's events are checked first (422 before anything is queued), then handed
-to the process's ``GroupCommit``. While one transaction is being written, the
-requests that arrive wait in a queue; when it commits, everything queued goes into
-the next transaction, in arrival order, and so on. Nothing waits on a timer: a lone
-request is written at once, and under load each transaction carries the events of
-every request that came in meanwhile. Statements and the commit's flush to disk are
+to the process's ``GroupCommit``. A few writers (``writers``, two by default) each
+write one transaction at a time; requests that arrive while they are all busy wait in
+a queue, and the next writer to be free takes everything queued into its next
+transaction, in arrival order. Nothing waits on a timer: a lone request is written at
+once, and under load each transaction carries the events of every request that came
+in meanwhile. Two writers let one transaction's round trips and its commit's flush to
+disk overlap the other's work. Statements and the commit's flush to disk are
 then paid once per group rather than once per request, which is what lets a few
 processes take in thousands of events a second.
 
@@ -37,6 +39,8 @@ log = logging.getLogger("recobra.web.ingest")
 
 MAX_GROUP_EVENTS = 2000
 """Most events in one shared transaction (a larger request still goes alone)."""
+WRITERS = 2
+"""Transactions a process writes at once."""
 
 Apply = Callable[[Sequence[Command]], list[HandleResult]]
 """Applies events in one transaction and returns one result per event, in order."""
@@ -67,32 +71,36 @@ class GroupCommit:
 
     apply: Apply
     max_events: int = MAX_GROUP_EVENTS
+    writers: int = WRITERS
     stats: GroupStats = field(default_factory=GroupStats)
     _queue: list[_Request] = field(default_factory=list)
-    _writer: asyncio.Task[None] | None = None
+    _writing: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def submit(self, commands: Sequence[Command]) -> list[HandleResult]:
         """Apply ``commands`` (all or nothing); returns once they are committed."""
         loop = asyncio.get_running_loop()
         request = _Request(commands, loop.create_future())
         self._queue.append(request)
-        if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._write())
+        if len(self._writing) < self.writers:
+            writer = loop.create_task(self._write())
+            self._writing.add(writer)
+            writer.add_done_callback(self._writing.discard)
         # The writer task outlives a cancelled request: its events are written anyway
         # (as they would be had the client waited), and the others are answered.
         return await asyncio.shield(request.future)
 
     async def _write(self) -> None:
-        """Write groups until the queue is empty (one transaction at a time)."""
+        """One writer: write groups until the queue is empty (one transaction at a time)."""
         while self._queue:
             group = self._take()
             try:
-                outcomes = await run_in_threadpool(self._apply_group, group)
+                outcomes, fell_back = await run_in_threadpool(self._apply_group, group)
             except BaseException:  # the loop is shutting down: nobody is answered
                 for request in group + self._queue:
                     request.future.cancel()
                 self._queue.clear()
                 raise
+            self._count(group, fell_back)
             for request, outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, Exception):
                     request.future.set_exception(outcome)
@@ -111,31 +119,34 @@ class GroupCommit:
         del self._queue[: len(group)]
         return group
 
-    def _apply_group(self, group: list[_Request]) -> list[list[HandleResult] | Exception]:
+    def _count(self, group: list[_Request], fell_back: bool) -> None:
+        stats = self.stats
+        stats.transactions += 1 + (len(group) if fell_back else 0)
+        stats.requests += len(group)
+        stats.events += sum(len(r.commands) for r in group)
+        stats.largest = max(stats.largest, len(group))
+        stats.fallbacks += fell_back
+
+    def _apply_group(self, group: list[_Request]) -> tuple[list[list[HandleResult] | Exception], bool]:
         """In a worker thread: one transaction for the group, or one per request if the
-        shared one fails."""
-        self.stats.transactions += 1
-        self.stats.requests += len(group)
-        self.stats.events += sum(len(r.commands) for r in group)
-        self.stats.largest = max(self.stats.largest, len(group))
+        shared one fails (then True)."""
         if len(group) == 1:
-            return [self._apply_one(group[0])]
+            return [self._apply_one(group[0])], False
         commands = [c for r in group for c in r.commands]
         try:
             results = self.apply(commands)
         except Exception as exc:
-            log.info("a shared transaction of %d requests failed (%s); applying them one by one",
-                     len(group), exc)
-            self.stats.fallbacks += 1
-            self.stats.transactions += len(group)
-            return [self._apply_one(r) for r in group]
+            log.info(
+                "a shared transaction of %d requests failed (%s); applying them one by one", len(group), exc
+            )
+            return [self._apply_one(r) for r in group], True
         outcomes: list[list[HandleResult] | Exception] = []
         start = 0
         for request in group:
             end = start + len(request.commands)
             outcomes.append(results[start:end])
             start = end
-        return outcomes
+        return outcomes, False
 
     def _apply_one(self, request: _Request) -> list[HandleResult] | Exception:
         try:

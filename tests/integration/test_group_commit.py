@@ -5,6 +5,7 @@ as if the requests had come one after another. Both backends."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -205,3 +206,33 @@ def test_a_lone_request_is_written_at_once(
     assert len(answer) == size
     assert group.stats.transactions == 1
     assert db.count("cases") == size
+
+
+def test_a_second_writer_takes_new_requests_while_the_first_transaction_is_open(
+    engine_factory: EngineFactory, commands: Commands, db: Db
+) -> None:
+    engine = engine_factory()
+    second_started = threading.Event()
+    calls: list[list[str]] = []
+
+    def apply(batch: Sequence[Command]) -> list[HandleResult]:
+        calls.append([c.event_id for c in batch])
+        if len(calls) == 1:
+            assert second_started.wait(10), "the second request waited for the first transaction"
+        else:
+            second_started.set()
+        return engine.apply_events(batch)
+
+    group = GroupCommit(apply, writers=2)
+    first, second = commands.payment_failed("1"), commands.payment_failed("2")
+
+    async def main() -> list[list[HandleResult]]:
+        one = asyncio.ensure_future(group.submit([first]))
+        await asyncio.sleep(0.05)  # the first writer is in its transaction now
+        return [*await asyncio.gather(one, group.submit([second]))]
+
+    answers = asyncio.run(main())
+
+    assert calls == [[first.event_id], [second.event_id]]
+    assert [a[0].case_ids for a in answers] == [("case_in_1",), ("case_in_2",)]
+    assert db.count("cases") == 2
