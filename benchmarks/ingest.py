@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from benchdb import fresh_database
@@ -228,7 +229,7 @@ def count_cases(url: str) -> int:
 
 
 def figures(
-    args: argparse.Namespace, url: str, wall: float, latencies: list[float], cpu: dict[str, float]
+    args: argparse.Namespace, url: str, wall: float, latencies: list[float], cpu: dict[str, Any]
 ) -> dict[str, object]:
     ms = sorted(x * 1000 for x in latencies)
 
@@ -256,8 +257,12 @@ def figures(
             "server": round(100 * cpu["server"] / wall),
             "postgresql_all_databases": round(100 * cpu["postgres"] / wall),
             "machine": round(100 * cpu["machine"] / wall),
+            "other_processes": round(
+                100 * (cpu["machine"] - cpu["client"] - cpu["server"] - cpu["postgres"]) / wall
+            ),
             "cores": os.cpu_count(),
         },
+        "load_average_before_after": [round(x, 2) for x in cpu["load"]],
         "server_cpu_ms_per_event": round(1000 * cpu["server"] / args.events, 3),
     }
 
@@ -283,6 +288,7 @@ def main() -> None:
                 request_bytes(port, key, events[i : i + args.batch])
                 for i in range(0, len(events), args.batch)
             ]
+            load_before = os.getloadavg()[0]
             before = cpu_snapshot(server.pid)
             started = time.perf_counter()
             latencies = asyncio.run(load(port, requests, args.concurrency))
@@ -298,7 +304,8 @@ def main() -> None:
         cases = count_cases(url)
     if cases != args.events:
         raise SystemExit(f"{cases} cases for {args.events} events: something was lost")
-    cpu = {k: after[k] - before[k] for k in after}
+    cpu: dict[str, Any] = {k: after[k] - before[k] for k in after}
+    cpu["load"] = (load_before, os.getloadavg()[0])
     print(json.dumps(figures(args, url, wall, latencies, cpu), indent=2))
 
 
