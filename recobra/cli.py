@@ -743,7 +743,11 @@ def serve(
     ] = False,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, max=256, help="Server processes sharing the port (default: one per core)"),
+        typer.Option(
+            min=1,
+            max=256,
+            help="Server processes sharing the port (default: one per core; one on SQLite)",
+        ),
     ] = None,
 ) -> None:
     """Serve the HTTP API, health checks and metrics (uvicorn) until SIGTERM or Ctrl-C."""
@@ -787,7 +791,9 @@ def serve(
         )
         thread.start()
         err.print(f"worker {settings.worker_id} working every {settings.poll_interval_s}s in this process")
-    processes = workers or _cores()
+    # SQLite takes one writer at a time: more processes would only queue on its lock.
+    sqlite = settings.database_url.startswith("sqlite")
+    processes = workers or (1 if sqlite else _cores())
     try:
         if processes > 1:
             started = _serve_processes(settings, host, port, processes)

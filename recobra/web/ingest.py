@@ -40,7 +40,7 @@ log = logging.getLogger("recobra.web.ingest")
 MAX_GROUP_EVENTS = 2000
 """Most events in one shared transaction (a larger request still goes alone)."""
 WRITERS = 2
-"""Transactions a process writes at once."""
+"""Transactions a process writes at once (one on SQLite, which has a single writer)."""
 
 Apply = Callable[[Sequence[Command]], list[HandleResult]]
 """Applies events in one transaction and returns one result per event, in order."""
@@ -155,4 +155,4 @@ class GroupCommit:
             return exc
 
 
-__all__ = ["MAX_GROUP_EVENTS", "GroupCommit", "GroupStats"]
+__all__ = ["MAX_GROUP_EVENTS", "WRITERS", "GroupCommit", "GroupStats"]

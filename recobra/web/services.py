@@ -14,7 +14,7 @@ from recobra.messages.links import LinkSigner
 from recobra.settings import Settings, SettingsError
 from recobra.store.keys import VerifiedKeys
 from recobra.store.sql import SqlStore
-from recobra.web.ingest import GroupCommit
+from recobra.web.ingest import WRITERS, GroupCommit
 
 
 def _wall_clock() -> datetime:
@@ -57,7 +57,10 @@ class Services:
     def group_commit(self) -> GroupCommit:
         """Writes concurrent requests' events in shared transactions (recobra.web.ingest)."""
         if self._group_commit is None:
-            self._group_commit = GroupCommit(self.engine.apply_events)
+            # SQLite has one writer at a time: a second one would only wait for the lock
+            # (in the driver's sleeps), so one writer batches everything instead.
+            writers = 1 if self.store.engine.dialect.name == "sqlite" else WRITERS
+            self._group_commit = GroupCommit(self.engine.apply_events, writers=writers)
         return self._group_commit
 
     def close(self) -> None:

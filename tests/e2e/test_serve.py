@@ -208,8 +208,9 @@ def test_serve_runs_several_processes_on_one_port_and_stops_them_all(database: s
     assert not [pid for pid in pids if alive(pid)]
 
 
-def test_serve_with_one_process_has_no_supervisor(database: str, tmp_path: Path) -> None:
-    with serving(database, tmp_path, "--workers", "1") as served:
+def test_serve_on_sqlite_runs_one_process_by_default(database: str, tmp_path: Path) -> None:
+    # SQLite has one writer at a time: more processes would only queue on its lock.
+    with serving(database, tmp_path) as served:
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(timeout=STOP_TIMEOUT) == 0
     output = served.output()

@@ -236,3 +236,11 @@ def test_a_second_writer_takes_new_requests_while_the_first_transaction_is_open(
     assert calls == [[first.event_id], [second.event_id]]
     assert [a[0].case_ids for a in answers] == [("case_in_1",), ("case_in_2",)]
     assert db.count("cases") == 2
+
+
+def test_a_service_writes_with_two_writers_on_postgresql_and_one_on_sqlite(
+    store: SqlStore, engine_factory: EngineFactory, database_url: str, backend: str
+) -> None:
+    services = make_services(store, engine_factory(), database_url, lambda: T0)
+    assert services.group_commit.writers == (1 if backend == "sqlite" else 2)
+    assert services.group_commit is services.group_commit  # one per service
