@@ -241,7 +241,7 @@ def figures(
         "events": args.events,
         "events_per_request": args.batch,
         "concurrency": args.concurrency,
-        "server_processes": args.workers or "default (one per core)",
+        "server_processes": args.workers or "default",
         "wall_seconds": round(wall, 2),
         "events_per_second": round(args.events / wall, 1),
         "latency_ms": {

@@ -245,6 +245,17 @@ _UNSET_OTHER_DEFAULTS = (
     )
     .values(is_default=False)
 )
+# The same, as a WITH clause of the payment methods' upsert on PostgreSQL (one round
+# trip for both). It cannot touch a row the upsert writes: those ids are excluded.
+_DEFAULT_METHODS_IN = (
+    "SELECT d.{0} FROM json_populate_recordset(NULL::payment_methods, %(rows)s::json) AS d"
+    " WHERE d.is_default"
+)
+_UNSET_OTHER_DEFAULTS_PG = (
+    "WITH unset AS (UPDATE payment_methods SET is_default = false WHERE is_default"
+    f" AND customer_id IN ({_DEFAULT_METHODS_IN.format('customer_id')})"
+    f" AND id NOT IN ({_DEFAULT_METHODS_IN.format('id')}))"
+)
 _invoices_t = InvoiceRow.__table__
 _SET_INVOICE_STATUS = (
     update(_invoices_t)
@@ -375,6 +386,7 @@ def _upsert(
     rows: list[dict[str, Any]],
     keys: Sequence[str],
     keep: Sequence[str] = (),
+    before: str = "",
 ) -> None:
     """INSERT ... ON CONFLICT DO UPDATE, in one executemany; columns in ``keep`` are
     written on insert only. Statements are built once per (dialect, table, columns):
@@ -392,7 +404,7 @@ def _upsert(
         first = merged.get(k)
         merged[k] = row if first is None else {**row, **{c: first[c] for c in keep}}
     rows = [merged[k] for k in sorted(merged)]
-    if dialect == "postgresql" and len(rows) > 1:
+    if dialect == "postgresql" and (len(rows) > 1 or before):
         updates = [c for c in cols if c not in keys and c not in keep]
         target = ", ".join(f'"{k}"' for k in keys)
         action = (
@@ -400,7 +412,7 @@ def _upsert(
             if updates
             else "DO NOTHING"
         )
-        _pg_insert(conn, table, rows, f"ON CONFLICT ({target}) {action}")
+        _pg_insert(conn, table, rows, f"ON CONFLICT ({target}) {action}", before)
         return
     cache_key = ("upsert", dialect, table.name, cols, tuple(keys), tuple(keep))
     stmt = _STATEMENTS.get(cache_key)
@@ -425,7 +437,9 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to the database")
 
 
-def _pg_insert(conn: Connection, table: Any, rows: list[dict[str, Any]], conflict: str = "") -> None:
+def _pg_insert(
+    conn: Connection, table: Any, rows: list[dict[str, Any]], conflict: str = "", before: str = ""
+) -> None:
     """PostgreSQL: insert ``rows`` (dicts with the same keys) in ONE statement whose
     text never changes, the rows travelling as one JSON document:
     ``INSERT ... SELECT ... FROM json_populate_recordset(NULL::table, $1)``. The server
@@ -433,9 +447,10 @@ def _pg_insert(conn: Connection, table: Any, rows: list[dict[str, Any]], conflic
     the batch with one call to the C JSON encoder. That replaces a statement per row
     (with its parameters converted one by one), which was most of the cost of writing
     a case: about twenty rows (the case, its timeline, its attempt, its messages ...).
-    ``conflict`` is the ON CONFLICT clause, if any."""
+    ``conflict`` is the ON CONFLICT clause, if any; ``before``, a WITH clause that may
+    read the same rows (``%(rows)s``)."""
     given = tuple(rows[0])
-    key = ("pg-insert", table.name, given, conflict)
+    key = ("pg-insert", table.name, given, conflict, before)
     entry = _STATEMENTS.get(key)
     if entry is None:
         # Columns left out get their scalar default, as SQLAlchemy's INSERT gives them.
@@ -452,9 +467,9 @@ def _pg_insert(conn: Connection, table: Any, rows: list[dict[str, Any]], conflic
         )
         names = ", ".join(f'"{c}"' for c in cols)
         sql = (
-            f'INSERT INTO "{table.name}" ({names}) SELECT {fields} '
+            f'{before} INSERT INTO "{table.name}" ({names}) SELECT {fields} '
             f'FROM json_populate_recordset(NULL::"{table.name}", %(rows)s::json) AS r {conflict}'
-        ).rstrip()
+        ).strip()
         entry = _STATEMENTS[key] = (sql, defaults)
     sql, defaults = entry
     if defaults:
@@ -677,7 +692,8 @@ class SqlUnitOfWork:
 
     def upsert_payment_methods(self, methods: Sequence[PaymentMethod]) -> None:
         defaults = [m for m in methods if m.is_default]
-        if defaults:
+        postgres = self.conn.dialect.name == "postgresql"
+        if defaults and not postgres:  # (on PostgreSQL, in the upsert's own statement)
             self.conn.execute(
                 _UNSET_OTHER_DEFAULTS,
                 {"customers": list({m.customer_id for m in defaults}), "ids": [m.id for m in defaults]},
@@ -700,6 +716,7 @@ class SqlUnitOfWork:
                 for m in methods
             ],
             ["id"],
+            before=_UNSET_OTHER_DEFAULTS_PG if defaults and postgres else "",
         )
 
     def upsert_subscriptions(

@@ -131,3 +131,23 @@ def test_a_naive_time_never_reaches_the_database(store: SqlStore) -> None:
     object.__setattr__(naive, "due_at", T0.replace(tzinfo=None))  # past the domain's own check
     with pytest.raises(Exception, match="naive datetime"), store.unit_of_work() as uow:
         uow.add_messages([entry, naive])
+
+
+def test_a_new_default_card_leaves_each_customer_one_default(
+    store: SqlStore, commands: Commands, db: Db
+) -> None:
+    with store.unit_of_work() as uow:
+        uow.upsert_customers([commands.customer("1"), commands.customer("2")])
+        uow.upsert_payment_methods([commands.card(k, pm_id=f"pm_{k}_old") for k in ("1", "2")])
+        uow.commit()
+    with store.unit_of_work() as uow:
+        uow.upsert_payment_methods(
+            [
+                commands.card("1", pm_id="pm_1_new"),
+                commands.card("2", pm_id="pm_2_spare", is_default=False),
+                commands.card("2", pm_id="pm_2_old"),  # already the default: stays so
+            ]
+        )
+        uow.commit()
+    defaults = {r["id"]: r["is_default"] for r in db.rows("payment_methods")}
+    assert defaults == {"pm_1_old": False, "pm_1_new": True, "pm_2_old": True, "pm_2_spare": False}
