@@ -388,9 +388,10 @@ def _upsert(
     keep: Sequence[str] = (),
     before: str = "",
 ) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE, in one executemany; columns in ``keep`` are
-    written on insert only. Statements are built once per (dialect, table, columns):
-    building them costs more than running them."""
+    """INSERT ... ON CONFLICT DO UPDATE: one statement on PostgreSQL (``_pg_insert``,
+    after the WITH clause ``before``), one executemany on SQLite; columns in ``keep``
+    are written on insert only. Statements are built once per (dialect, table,
+    columns): building them costs more than running them."""
     if not rows:
         return
     dialect = conn.dialect.name
@@ -404,7 +405,7 @@ def _upsert(
         first = merged.get(k)
         merged[k] = row if first is None else {**row, **{c: first[c] for c in keep}}
     rows = [merged[k] for k in sorted(merged)]
-    if dialect == "postgresql" and (len(rows) > 1 or before):
+    if dialect == "postgresql":
         updates = [c for c in cols if c not in keys and c not in keep]
         target = ", ".join(f'"{k}"' for k in keys)
         action = (
@@ -417,7 +418,7 @@ def _upsert(
     cache_key = ("upsert", dialect, table.name, cols, tuple(keys), tuple(keep))
     stmt = _STATEMENTS.get(cache_key)
     if stmt is None:
-        ins: Any = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+        ins: Any = sqlite.insert(table)
         updates = {c: getattr(ins.excluded, c) for c in cols if c not in keys and c not in keep}
         stmt = (
             ins.on_conflict_do_update(index_elements=list(keys), set_=updates)
@@ -479,9 +480,9 @@ def _pg_insert(
 
 
 def _insert(conn: Connection, stmt: Any, table: Any, rows: list[dict[str, Any]], conflict: str = "") -> None:
-    """``stmt`` for every row (SQLite: the driver's executemany); several rows on
-    PostgreSQL: one ``_pg_insert`` with ``conflict``, the same clause as ``stmt``'s."""
-    if len(rows) > 1 and conn.dialect.name == "postgresql":
+    """``stmt`` for every row (SQLite: the driver's executemany); on PostgreSQL, one
+    ``_pg_insert`` with ``conflict``, the same clause as ``stmt``'s."""
+    if conn.dialect.name == "postgresql":
         _pg_insert(conn, table, rows, conflict)
     else:
         conn.execute(stmt, rows)
