@@ -81,7 +81,9 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         request = _Request(commands, loop.create_future())
         self._queue.append(request)
-        if len(self._writing) < self.writers:
+        # A writer that has just finished counts no more, even before its done
+        # callback has dropped it from the set: it will not look at the queue again.
+        if sum(not w.done() for w in self._writing) < self.writers:
             writer = loop.create_task(self._write())
             self._writing.add(writer)
             writer.add_done_callback(self._writing.discard)
