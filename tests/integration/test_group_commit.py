@@ -244,3 +244,17 @@ def test_a_service_writes_with_two_writers_on_postgresql_and_one_on_sqlite(
     services = make_services(store, engine_factory(), database_url, lambda: T0)
     assert services.group_commit.writers == (1 if backend == "sqlite" else 2)
     assert services.group_commit is services.group_commit  # one per service
+
+
+def test_requests_one_after_another_are_each_written(
+    engine_factory: EngineFactory, commands: Commands, db: Db
+) -> None:
+    group = GroupCommit(engine_factory().apply_events, writers=1)
+
+    async def main() -> None:
+        for i in range(20):  # each arrives as the previous writer has just finished
+            await asyncio.wait_for(group.submit([commands.payment_failed(str(i))]), timeout=30)
+
+    asyncio.run(main())
+    assert group.stats.transactions == 20
+    assert db.count("cases") == 20
