@@ -245,14 +245,14 @@ _UNSET_OTHER_DEFAULTS = (
     )
     .values(is_default=False)
 )
-# The same, as a WITH clause of the payment methods' upsert on PostgreSQL (one round
+# The same, as a WITH query of the payment methods' upsert on PostgreSQL (one round
 # trip for both). It cannot touch a row the upsert writes: those ids are excluded.
 _DEFAULT_METHODS_IN = (
     "SELECT d.{0} FROM json_populate_recordset(NULL::payment_methods, %(rows)s::json) AS d"
     " WHERE d.is_default"
 )
 _UNSET_OTHER_DEFAULTS_PG = (
-    "WITH unset AS (UPDATE payment_methods SET is_default = false WHERE is_default"
+    "unset AS (UPDATE payment_methods SET is_default = false WHERE is_default"
     f" AND customer_id IN ({_DEFAULT_METHODS_IN.format('customer_id')})"
     f" AND id NOT IN ({_DEFAULT_METHODS_IN.format('id')}))"
 )
@@ -386,12 +386,15 @@ def _upsert(
     rows: list[dict[str, Any]],
     keys: Sequence[str],
     keep: Sequence[str] = (),
-    before: str = "",
+    before: Sequence[str] = (),
 ) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE: one statement on PostgreSQL (``_pg_insert``,
-    after the WITH clause ``before``), one executemany on SQLite; columns in ``keep``
-    are written on insert only. Statements are built once per (dialect, table,
-    columns): building them costs more than running them."""
+    """Insert or update ``rows`` by ``keys``; columns in ``keep`` are written on insert
+    only. SQLite: INSERT ... ON CONFLICT DO UPDATE, one executemany. PostgreSQL: one
+    statement (``_pg_insert``, with the WITH queries ``before``) that updates only the
+    rows whose values differ and inserts the new ones. Rows already as given are left
+    alone, unlocked: many events carry the same plan, and rewriting its row each time
+    made every transaction wait for the previous one's commit. Statements are built
+    once per (dialect, table, columns): building them costs more than running them."""
     if not rows:
         return
     dialect = conn.dialect.name
@@ -406,14 +409,12 @@ def _upsert(
         merged[k] = row if first is None else {**row, **{c: first[c] for c in keep}}
     rows = [merged[k] for k in sorted(merged)]
     if dialect == "postgresql":
-        updates = [c for c in cols if c not in keys and c not in keep]
+        key = ("pg-upsert", table.name, cols, tuple(keys), tuple(keep), tuple(before))
+        prefix = _STATEMENTS.get(key)
+        if prefix is None:
+            prefix = _STATEMENTS[key] = _pg_upsert_prefix(table, cols, keys, keep, before)
         target = ", ".join(f'"{k}"' for k in keys)
-        action = (
-            "DO UPDATE SET " + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in updates)
-            if updates
-            else "DO NOTHING"
-        )
-        _pg_insert(conn, table, rows, f"ON CONFLICT ({target}) {action}", before)
+        _pg_insert(conn, table, rows, f"ON CONFLICT ({target}) DO NOTHING", prefix)
         return
     cache_key = ("upsert", dialect, table.name, cols, tuple(keys), tuple(keep))
     stmt = _STATEMENTS.get(cache_key)
@@ -427,6 +428,35 @@ def _upsert(
         )
         _STATEMENTS[cache_key] = stmt
     conn.execute(stmt, rows)
+
+
+def _pg_upsert_prefix(
+    table: Any, cols: Sequence[str], keys: Sequence[str], keep: Sequence[str], before: Sequence[str]
+) -> str:
+    """The WITH clause of ``_upsert`` on PostgreSQL: the ``before`` queries, then an
+    UPDATE of the existing rows whose values differ from the given ones (rows left
+    alone are not locked; the INSERT that follows skips every existing row)."""
+    updates = [c for c in cols if c not in keys and c not in keep]
+    queries = list(before)
+    if updates:
+        json_cols = {c.name for c in table.columns if isinstance(c.type, JSON)}
+
+        def given(c: str) -> str:
+            return f"coalesce(u.\"{c}\", 'null'::json)" if c in json_cols else f'u."{c}"'
+
+        def compared(c: str, side: str) -> str:  # json has no equality: compare its text
+            return f"{side}::text" if c in json_cols else side
+
+        sets = ", ".join(f'"{c}" = {given(c)}' for c in updates)
+        match = " AND ".join(f't."{k}" = u."{k}"' for k in keys)
+        old = ", ".join(compared(c, f't."{c}"') for c in updates)
+        new = ", ".join(compared(c, given(c)) for c in updates)
+        queries.append(
+            f'changed AS (UPDATE "{table.name}" AS t SET {sets} '
+            f'FROM json_populate_recordset(NULL::"{table.name}", %(rows)s::json) AS u '
+            f"WHERE {match} AND ROW({old}) IS DISTINCT FROM ROW({new}))"
+        )
+    return "WITH " + ", ".join(queries) if queries else ""
 
 
 def _json_value(value: Any) -> Any:
@@ -717,7 +747,7 @@ class SqlUnitOfWork:
                 for m in methods
             ],
             ["id"],
-            before=_UNSET_OTHER_DEFAULTS_PG if defaults and postgres else "",
+            before=[_UNSET_OTHER_DEFAULTS_PG] if defaults and postgres else [],
         )
 
     def upsert_subscriptions(

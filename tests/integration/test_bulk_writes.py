@@ -151,3 +151,36 @@ def test_a_new_default_card_leaves_each_customer_one_default(
         uow.commit()
     defaults = {r["id"]: r["is_default"] for r in db.rows("payment_methods")}
     assert defaults == {"pm_1_old": False, "pm_1_new": True, "pm_2_old": True, "pm_2_spare": False}
+
+
+def test_a_reference_row_given_again_unchanged_is_left_alone(
+    store: SqlStore, commands: Commands, db: Db, backend: str
+) -> None:
+    """Many events carry the same plan: rewriting (and so locking) its row for each one
+    made concurrent transactions wait on each other. Unchanged rows are not written."""
+    sub = commands.subscription("1")
+    other = commands.subscription("2")
+
+    def plan_version() -> object:
+        # PostgreSQL's xmin changes whenever the row is written; SQLite has no such thing.
+        if backend != "postgresql":
+            return None
+        return db.scalar("SELECT xmin::text FROM plans WHERE id = :id", id=sub.plan.id)
+
+    with store.unit_of_work() as uow:
+        uow.upsert_customers([commands.customer("1"), commands.customer("2")])
+        uow.upsert_subscriptions([sub])
+        uow.commit()
+    written = plan_version()
+    with store.unit_of_work() as uow:
+        uow.upsert_subscriptions([sub, other])  # the same plan, as it is
+        uow.commit()
+    assert plan_version() == written
+    renamed = replace(sub.plan, name="Pro (2026)")
+    with store.unit_of_work() as uow:
+        uow.upsert_subscriptions([replace(other, plan=renamed)])
+        uow.commit()
+    (plan,) = db.rows("plans", id=sub.plan.id)
+    assert plan["name"] == "Pro (2026)"
+    if backend == "postgresql":
+        assert plan_version() != written
