@@ -3,12 +3,14 @@
     python benchmarks/ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/recobra_bench
     python benchmarks/ingest.py                       # a temporary SQLite file
     python benchmarks/ingest.py --batch 10            # ten events per request
+    python benchmarks/ingest.py --workers 1 --concurrency 32
 
 Starts ``recobra serve`` on loopback against a fresh schema (the database's Recobra
 tables are dropped first: give it one of its own), creates an API key, then sends
-``--events`` failed-payment events (each opens a case and queues its messages) from
-``--concurrency`` concurrent clients, and prints events per second and request
-latency percentiles.
+``--events`` failed-payment events (each opens a case and queues its messages) over
+``--concurrency`` keep-alive connections, checks that every event opened its case, and
+prints events per second, request latency percentiles, and the share of the machine's
+CPU taken by the client, the server's processes, PostgreSQL and everything else.
 """
 
 from __future__ import annotations
