@@ -3,12 +3,14 @@
     python benchmarks/ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/recobra_bench
     python benchmarks/ingest.py                       # a temporary SQLite file
     python benchmarks/ingest.py --batch 10            # ten events per request
+    python benchmarks/ingest.py --workers 1 --concurrency 32
 
 Starts ``recobra serve`` on loopback against a fresh schema (the database's Recobra
 tables are dropped first: give it one of its own), creates an API key, then sends
-``--events`` failed-payment events (each opens a case and queues its messages) from
-``--concurrency`` concurrent clients, and prints events per second and request
-latency percentiles.
+``--events`` failed-payment events (each opens a case and queues its messages) over
+``--concurrency`` keep-alive connections, checks that every event opened its case, and
+prints events per second, request latency percentiles, and the share of the machine's
+CPU taken by the client, the server's processes, PostgreSQL and everything else.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from benchdb import fresh_database
+from sqlalchemy import text
 
 from recobra.store.keys import create_key
 from recobra.store.sql import make_engine
@@ -84,25 +88,92 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def load(base: str, key: str, bodies: list[list[dict[str, object]]], concurrency: int) -> list[float]:
+def request_bytes(port: int, key: str, body: list[dict[str, object]]) -> bytes:
+    """One complete HTTP/1.1 request (keep-alive), built before the clock starts."""
+    payload = json.dumps(body if len(body) > 1 else body[0], separators=(",", ":")).encode()
+    head = (
+        f"POST /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode("ascii") + payload
+
+
+async def load(port: int, requests: list[bytes], concurrency: int) -> list[float]:
+    """``concurrency`` keep-alive connections, each sending its next request as soon as
+    the previous one is answered; returns every request's latency in seconds.
+
+    A minimal HTTP/1.1 client on asyncio streams, so that the load takes little of the
+    machine's CPU time from the server (it is measured and printed)."""
     latencies: list[float] = []
-    queue: asyncio.Queue[list[dict[str, object]]] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
-    headers = {"Authorization": f"Bearer {key}"}
+    queue = list(reversed(requests))
 
     async def client() -> None:
-        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
-            while not queue.empty():
-                body = queue.get_nowait()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while queue:
+                request = queue.pop()
                 started = time.perf_counter()
-                answer = await http.post("/api/v1/events", json=body if len(body) > 1 else body[0])
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                body = await reader.readexactly(length)
                 latencies.append(time.perf_counter() - started)
-                if answer.status_code != 200:
-                    raise RuntimeError(f"HTTP {answer.status_code}: {answer.text[:300]}")
+                status = head[9:12]
+                if status != b"200":
+                    raise RuntimeError(f"HTTP {status.decode()}: {body[:300]!r}")
+        finally:
+            writer.close()
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     return latencies
+
+
+# --------------------------------------------------------------------------- CPU accounting
+
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of a process, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def cpu_snapshot(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server (with its worker processes), by every
+    PostgreSQL process (all databases), by this client, and by the whole machine."""
+    procs = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit() and (info := _proc_cpu(int(entry))) is not None:
+            procs[int(entry)] = info
+    server, frontier = 0.0, {server_pid}
+    while frontier:
+        server += sum(procs[p][1] for p in frontier if p in procs)
+        frontier = {p for p, (ppid, _) in procs.items() if ppid in frontier}
+    postgres = sum(cpu for p, (_, cpu) in procs.items() if _comm(p) == "postgres")
+    machine = 0.0
+    if os.path.exists("/proc/stat"):
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        machine = (sum(values) - values[3] - values[4]) / TICKS  # all but idle and iowait
+    client = time.process_time()
+    return {"server": server, "postgres": postgres, "client": client, "machine": machine}
 
 
 def api_key(url: str) -> str:
@@ -113,7 +184,7 @@ def api_key(url: str) -> str:
     return key
 
 
-def start_server(url: str, port: int) -> subprocess.Popen[str]:
+def start_server(url: str, port: int, workers: int | None) -> subprocess.Popen[str]:
     base = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -122,13 +193,16 @@ def start_server(url: str, port: int) -> subprocess.Popen[str]:
         "RECOBRA_PUBLIC_URL": base,
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "recobra.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable, "-m", "recobra.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+            *(["--workers", str(workers)] if workers else []),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
@@ -148,7 +222,17 @@ def stop_server(server: subprocess.Popen[str]) -> None:
             server.kill()
 
 
-def figures(args: argparse.Namespace, url: str, wall: float, latencies: list[float]) -> dict[str, object]:
+def count_cases(url: str) -> int:
+    db = make_engine(url)
+    with db.connect() as conn:
+        n = int(conn.execute(text("SELECT COUNT(*) FROM cases")).scalar_one())
+    db.dispose()
+    return n
+
+
+def figures(
+    args: argparse.Namespace, url: str, wall: float, latencies: list[float], cpu: dict[str, Any]
+) -> dict[str, object]:
     ms = sorted(x * 1000 for x in latencies)
 
     def pct(q: float) -> float:
@@ -159,6 +243,7 @@ def figures(args: argparse.Namespace, url: str, wall: float, latencies: list[flo
         "events": args.events,
         "events_per_request": args.batch,
         "concurrency": args.concurrency,
+        "server_processes": args.workers or "default",
         "wall_seconds": round(wall, 2),
         "events_per_second": round(args.events / wall, 1),
         "latency_ms": {
@@ -168,6 +253,19 @@ def figures(args: argparse.Namespace, url: str, wall: float, latencies: list[flo
             "max": round(ms[-1], 1),
             "mean": round(statistics.mean(ms), 1),
         },
+        # Share of the machine's cores (100% = one core) each part kept busy during the load.
+        "cpu_percent": {
+            "client": round(100 * cpu["client"] / wall),
+            "server": round(100 * cpu["server"] / wall),
+            "postgresql_all_databases": round(100 * cpu["postgres"] / wall),
+            "machine": round(100 * cpu["machine"] / wall),
+            "other_processes": round(
+                100 * (cpu["machine"] - cpu["client"] - cpu["server"] - cpu["postgres"]) / wall
+            ),
+            "cores": os.cpu_count(),
+        },
+        "load_average_before_after": [round(x, 2) for x in cpu["load"]],
+        "server_cpu_ms_per_event": round(1000 * cpu["server"] / args.events, 3),
     }
 
 
@@ -178,19 +276,26 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=1, help="events per request")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent connections")
+    parser.add_argument("--workers", type=int, default=None, help="server processes (default: serve's)")
     args = parser.parse_args()
     with fresh_database(args.database_url) as url:
         key = api_key(url)
         port = free_port()
-        server = start_server(url, port)
+        server = start_server(url, port, args.workers)
         try:
             at = datetime.now(UTC).isoformat()
             events = [event(i, at) for i in range(args.events)]
-            bodies = [events[i : i + args.batch] for i in range(0, len(events), args.batch)]
+            requests = [
+                request_bytes(port, key, events[i : i + args.batch])
+                for i in range(0, len(events), args.batch)
+            ]
+            load_before = os.getloadavg()[0]
+            before = cpu_snapshot(server.pid)
             started = time.perf_counter()
-            latencies = asyncio.run(load(f"http://127.0.0.1:{port}", key, bodies, args.concurrency))
+            latencies = asyncio.run(load(port, requests, args.concurrency))
             wall = time.perf_counter() - started
+            after = cpu_snapshot(server.pid)
         except RuntimeError:
             server.send_signal(signal.SIGTERM)
             _, errors = server.communicate(timeout=30)
@@ -198,7 +303,12 @@ def main() -> None:
             raise
         finally:
             stop_server(server)
-    print(json.dumps(figures(args, url, wall, latencies), indent=2))
+        cases = count_cases(url)
+    if cases != args.events:
+        raise SystemExit(f"{cases} cases for {args.events} events: something was lost")
+    cpu: dict[str, Any] = {k: after[k] - before[k] for k in after}
+    cpu["load"] = (load_before, os.getloadavg()[0])
+    print(json.dumps(figures(args, url, wall, latencies, cpu), indent=2))
 
 
 if __name__ == "__main__":

@@ -881,6 +881,46 @@ def _work_loop(engine: Any, messenger: Any, relay: Any, interval: float, stoppin
         stopping.wait(interval)
 
 
+def _cores() -> int:
+    """Cores this process may run on (the default number of server processes)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _web_app(settings: Settings) -> Any:
+    """One server process's application, built in that process (``--workers`` > 1)."""
+    from recobra.web.app import create_app  # noqa: PLC0415
+    from recobra.web.services import Services  # noqa: PLC0415
+
+    # Each process claims cases (immediate retries) under a name of its own.
+    own = settings.model_copy(update={"worker_id": f"{settings.worker_id}.{os.getpid()}"})
+    return create_app(Services.from_settings(own))
+
+
+def _serve_processes(settings: Settings, host: str, port: int, workers: int) -> bool:
+    """Run ``workers`` server processes on one listening socket until SIGTERM or Ctrl-C
+    (uvicorn's supervisor replaces a process that dies); False if they could not start."""
+    import functools  # noqa: PLC0415
+
+    import uvicorn  # noqa: PLC0415
+    from uvicorn.config import STARTUP_FAILURE  # noqa: PLC0415
+    from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
+
+    config = uvicorn.Config(
+        functools.partial(_web_app, settings),
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    return not any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+
+
 @app.command()
 def serve(
     config: ConfigOpt = None,
@@ -894,6 +934,14 @@ def serve(
         bool,
         typer.Option("--with-worker", help="Also run the worker (cases, messages, relay) in this process"),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Server processes sharing the port (default: one per core; one on SQLite)",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API, health checks and metrics (uvicorn) until SIGTERM or Ctrl-C."""
     import threading  # noqa: PLC0415
@@ -936,9 +984,18 @@ def serve(
         )
         thread.start()
         err.print(f"worker {settings.worker_id} working every {settings.poll_interval_s}s in this process")
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host=host, port=port, log_level="info"))
+    # SQLite takes one writer at a time: more processes would only queue on its lock.
+    sqlite = settings.database_url.startswith("sqlite")
+    processes = workers or (1 if sqlite else _cores())
     try:
-        server.run()
+        if processes > 1:
+            started = _serve_processes(settings, host, port, processes)
+        else:
+            server = uvicorn.Server(
+                uvicorn.Config(create_app(services), host=host, port=port, log_level="info")
+            )
+            server.run()
+            started = server.started
     finally:
         stopping.set()
         if thread is not None:
@@ -946,7 +1003,7 @@ def serve(
             if thread.is_alive():
                 err.print("worker: the current tick did not finish; its claims expire after the lease")
         services.close()
-    if not server.started:
+    if not started:
         raise typer.Exit(1)
     err.print("server stopped")
 

@@ -215,25 +215,38 @@ class Engine:
         If a worker changed one of the cases meanwhile, the whole batch is redone on
         the fresh state (a few times at most).
         """
+        results = self.apply_events(commands)
+        self.run_immediate_retries(commands, results)
+        return results
+
+    def apply_events(self, commands: Sequence[Command]) -> list[HandleResult]:
+        """``handle_many`` without the immediate retries: the events are committed (all
+        or nothing) when this returns. Callers that commit several batches together
+        run ``run_immediate_retries`` for each afterwards, outside the shared transaction."""
         self._refresh_policies()
         for attempt in range(1, CONCURRENCY_RETRIES + 1):
             try:
-                results, immediate, latest = self._handle_once(commands)
-                break
+                return self._handle_once(commands)
             except ConcurrentUpdate:
                 if attempt == CONCURRENCY_RETRIES:
                     raise
                 log.info("cases changed while handling events; redoing the batch")
-        if immediate and latest is not None:
-            self.process(immediate, latest)
-        return results
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _handle_once(
-        self, commands: Sequence[Command]
-    ) -> tuple[list[HandleResult], list[str], datetime | None]:
-        results: list[HandleResult] = []
+    def run_immediate_retries(self, commands: Sequence[Command], results: Sequence[HandleResult]) -> None:
+        """Run the immediate retries that applied events call for (a new default card
+        retries its customer's cases at once); ``results`` are ``apply_events``'s."""
         immediate: list[str] = []
         latest: datetime | None = None
+        for command, result in zip(commands, results, strict=True):
+            if isinstance(command, PaymentMethodUpdated) and not result.duplicate:
+                immediate.extend(result.case_ids)
+                latest = max(latest or command.occurred_at, command.occurred_at)
+        if immediate and latest is not None:
+            self.process(immediate, latest)
+
+    def _handle_once(self, commands: Sequence[Command]) -> list[HandleResult]:
+        results: list[HandleResult] = []
         with self.store.unit_of_work() as uow:
             fresh = uow.remember_events([(c.event_id, type(c).__name__, c.occurred_at) for c in commands])
             run: list[PaymentFailed] = []
@@ -249,14 +262,10 @@ class Engine:
                     continue
                 results.extend(self._payments_failed(uow, run))
                 run = []
-                result = self._apply(uow, command)
-                results.append(result)
-                if isinstance(command, PaymentMethodUpdated):
-                    immediate.extend(result.case_ids)
-                    latest = max(latest or command.occurred_at, command.occurred_at)
+                results.append(self._apply(uow, command))
             results.extend(self._payments_failed(uow, run))
             uow.commit()
-        return results, immediate, latest
+        return results
 
     def _apply(self, uow: UnitOfWork, command: Command) -> HandleResult:
         match command:

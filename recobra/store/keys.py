@@ -17,7 +17,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +38,10 @@ MAX_KEY_LENGTH = 200
 """Longer presented keys are rejected without hashing them."""
 LAST_USED_EVERY = timedelta(minutes=1)
 """``last_used_at`` is written at most this often per key (not on every request)."""
+VERIFIED_FOR_S = 2.0
+"""How long a server process trusts a key it has verified before it looks again: a
+revoked key is refused at most this many seconds after ``revoke_key``."""
+MAX_REMEMBERED = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,9 +181,52 @@ def verify_key(engine: Engine, plaintext: str, now: datetime) -> str | None:
     return key_id
 
 
+@dataclass(slots=True)
+class VerifiedKeys:
+    """Keys a server process verified a moment ago, so that a busy client's requests
+    do not each cost a database lookup. Only successes are remembered, for
+    ``seconds`` (``VERIFIED_FOR_S``): a revoked key is refused within that delay, a new
+    key works at once, and a wrong key is looked up every time. Entries are keyed by
+    the SHA-256 of the presented key, never the key itself. Thread-safe."""
+
+    seconds: float = VERIFIED_FOR_S
+    timer: Callable[[], float] = time.monotonic
+    _known: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, plaintext: str) -> str | None:
+        """The key's id if it was verified less than ``seconds`` ago, else None."""
+        if self.seconds <= 0 or len(plaintext) > MAX_KEY_LENGTH:
+            return None
+        digest = hash_key(plaintext)
+        with self._lock:
+            entry = self._known.get(digest)
+            if entry is None:
+                return None
+            if self.timer() >= entry[1]:
+                del self._known[digest]
+                return None
+            return entry[0]
+
+    def remember(self, plaintext: str, key_id: str) -> None:
+        """``plaintext`` was just verified as the active key ``key_id``."""
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            if len(self._known) >= MAX_REMEMBERED:
+                self._known.clear()
+            self._known[hash_key(plaintext)] = (key_id, self.timer() + self.seconds)
+
+    def forget(self) -> None:
+        with self._lock:
+            self._known.clear()
+
+
 __all__ = [
     "KEY_MARKER",
+    "VERIFIED_FOR_S",
     "ApiKey",
+    "VerifiedKeys",
     "create_key",
     "get_key",
     "hash_key",

@@ -7,6 +7,7 @@ objects here and nowhere else.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Connection,
     Engine,
     Row,
@@ -91,7 +93,6 @@ methods_t = PaymentMethodRow.__table__
 # Hot statements are built once, with expanding IN parameters, so executing them
 # skips SQLAlchemy's construction and cache-key work (a tick runs each of them).
 _ids = bindparam("ids", expanding=True)
-_SEEN_EVENTS = select(ProcessedEventRow.event_id).where(ProcessedEventRow.event_id.in_(_ids))
 _CASES_BY_ID = select(cases_t).where(cases_t.c.id.in_(_ids))
 _CASES_BY_INVOICE = select(cases_t).where(cases_t.c.invoice_id.in_(_ids))
 _CUSTOMERS_BY_ID = select(customers_t).where(customers_t.c.id.in_(_ids))
@@ -249,6 +250,17 @@ _UNSET_OTHER_DEFAULTS = (
     )
     .values(is_default=False)
 )
+# The same, as a WITH query of the payment methods' upsert on PostgreSQL (one round
+# trip for both). It cannot touch a row the upsert writes: those ids are excluded.
+_DEFAULT_METHODS_IN = (
+    "SELECT d.{0} FROM json_populate_recordset(NULL::payment_methods, %(rows)s::json) AS d"
+    " WHERE d.is_default"
+)
+_UNSET_OTHER_DEFAULTS_PG = (
+    "unset AS (UPDATE payment_methods SET is_default = false WHERE is_default"
+    f" AND customer_id IN ({_DEFAULT_METHODS_IN.format('customer_id')})"
+    f" AND id NOT IN ({_DEFAULT_METHODS_IN.format('id')}))"
+)
 _invoices_t = InvoiceRow.__table__
 _SET_INVOICE_STATUS = (
     update(_invoices_t)
@@ -379,19 +391,40 @@ def _upsert(
     rows: list[dict[str, Any]],
     keys: Sequence[str],
     keep: Sequence[str] = (),
+    before: Sequence[str] = (),
 ) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE, in one executemany; columns in ``keep`` are
-    written on insert only. Statements are built once per (dialect, table, columns):
-    building them costs more than running them."""
+    """Insert or update ``rows`` by ``keys``; columns in ``keep`` are written on insert
+    only. SQLite: INSERT ... ON CONFLICT DO UPDATE, one executemany. PostgreSQL: one
+    statement (``_pg_insert``, with the WITH queries ``before``) that updates only the
+    rows whose values differ and inserts the new ones. Rows already as given are left
+    alone, unlocked: many events carry the same plan, and rewriting its row each time
+    made every transaction wait for the previous one's commit. Statements are built
+    once per (dialect, table, columns): building them costs more than running them."""
     if not rows:
         return
     dialect = conn.dialect.name
     cols = tuple(rows[0])
-    rows = sorted(rows, key=lambda r: tuple(r[k] for k in keys))  # a consistent lock order
+    # One row per key, as if the rows had been written one after another (the first
+    # one's ``keep`` columns, the last one's others): one multi-row upsert may not touch
+    # a row twice. In key order, so that concurrent writers lock rows in the same order.
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        k = tuple(row[c] for c in keys)
+        first = merged.get(k)
+        merged[k] = row if first is None else {**row, **{c: first[c] for c in keep}}
+    rows = [merged[k] for k in sorted(merged)]
+    if dialect == "postgresql":
+        key = ("pg-upsert", table.name, cols, tuple(keys), tuple(keep), tuple(before))
+        prefix = _STATEMENTS.get(key)
+        if prefix is None:
+            prefix = _STATEMENTS[key] = _pg_upsert_prefix(table, cols, keys, keep, before)
+        target = ", ".join(f'"{k}"' for k in keys)
+        _pg_insert(conn, table, rows, f"ON CONFLICT ({target}) DO NOTHING", prefix)
+        return
     cache_key = ("upsert", dialect, table.name, cols, tuple(keys), tuple(keep))
     stmt = _STATEMENTS.get(cache_key)
     if stmt is None:
-        ins: Any = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+        ins: Any = sqlite.insert(table)
         updates = {c: getattr(ins.excluded, c) for c in cols if c not in keys and c not in keep}
         stmt = (
             ins.on_conflict_do_update(index_elements=list(keys), set_=updates)
@@ -400,6 +433,106 @@ def _upsert(
         )
         _STATEMENTS[cache_key] = stmt
     conn.execute(stmt, rows)
+
+
+def _pg_upsert_prefix(
+    table: Any, cols: Sequence[str], keys: Sequence[str], keep: Sequence[str], before: Sequence[str]
+) -> str:
+    """The WITH clause of ``_upsert`` on PostgreSQL: the ``before`` queries, then an
+    UPDATE of the existing rows whose values differ from the given ones (rows left
+    alone are not locked; the INSERT that follows skips every existing row)."""
+    updates = [c for c in cols if c not in keys and c not in keep]
+    queries = list(before)
+    if updates:
+        json_cols = {c.name for c in table.columns if isinstance(c.type, JSON)}
+
+        def given(c: str) -> str:
+            return f"coalesce(u.\"{c}\", 'null'::json)" if c in json_cols else f'u."{c}"'
+
+        def compared(c: str, side: str) -> str:  # json has no equality: compare its text
+            return f"{side}::text" if c in json_cols else side
+
+        sets = ", ".join(f'"{c}" = {given(c)}' for c in updates)
+        match = " AND ".join(f't."{k}" = u."{k}"' for k in keys)
+        old = ", ".join(compared(c, f't."{c}"') for c in updates)
+        new = ", ".join(compared(c, given(c)) for c in updates)
+        queries.append(
+            f'changed AS (UPDATE "{table.name}" AS t SET {sets} '
+            f'FROM json_populate_recordset(NULL::"{table.name}", %(rows)s::json) AS u '
+            f"WHERE {match} AND ROW({old}) IS DISTINCT FROM ROW({new}))"
+        )
+    return "WITH " + ", ".join(queries) if queries else ""
+
+
+def _json_value(value: Any) -> Any:
+    """``json.dumps`` default for ``_pg_insert``: times as ISO 8601 with their offset."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime reached the database")
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} to the database")
+
+
+def _pg_insert(
+    conn: Connection, table: Any, rows: list[dict[str, Any]], conflict: str = "", before: str = ""
+) -> None:
+    """PostgreSQL: insert ``rows`` (dicts with the same keys) in ONE statement whose
+    text never changes, the rows travelling as one JSON document:
+    ``INSERT ... SELECT ... FROM json_populate_recordset(NULL::table, $1)``. The server
+    prepares it once and casts each field to its column's type; the client encodes
+    the batch with one call to the C JSON encoder. That replaces a statement per row
+    (with its parameters converted one by one), which was most of the cost of writing
+    a case: about twenty rows (the case, its timeline, its attempt, its messages ...).
+    ``conflict`` is the ON CONFLICT clause, if any; ``before``, a WITH clause that may
+    read the same rows (``%(rows)s``)."""
+    given = tuple(rows[0])
+    key = ("pg-insert", table.name, given, conflict, before)
+    entry = _STATEMENTS.get(key)
+    if entry is None:
+        # Columns left out get their scalar default, as SQLAlchemy's INSERT gives them.
+        defaults = {
+            c.name: c.default.arg
+            for c in table.columns
+            if c.name not in given and c.default is not None and c.default.is_scalar
+        }
+        cols = (*given, *defaults)
+        json_cols = {c.name for c in table.columns if isinstance(c.type, JSON)}
+        # SQLAlchemy's JSON type writes None as JSON null, not SQL NULL: so does this.
+        fields = ", ".join(
+            f"coalesce(r.\"{c}\", 'null'::json)" if c in json_cols else f'r."{c}"' for c in cols
+        )
+        names = ", ".join(f'"{c}"' for c in cols)
+        sql = (
+            f'{before} INSERT INTO "{table.name}" ({names}) SELECT {fields} '
+            f'FROM json_populate_recordset(NULL::"{table.name}", %(rows)s::json) AS r {conflict}'
+        ).strip()
+        entry = _STATEMENTS[key] = (sql, defaults)
+    sql, defaults = entry
+    if defaults:
+        rows = [{**r, **defaults} for r in rows]
+    document = json.dumps(rows, default=_json_value, ensure_ascii=False, separators=(",", ":"))
+    conn.exec_driver_sql(sql, {"rows": document})
+
+
+def _insert(conn: Connection, stmt: Any, table: Any, rows: list[dict[str, Any]], conflict: str = "") -> None:
+    """``stmt`` for every row (SQLite: the driver's executemany); on PostgreSQL, one
+    ``_pg_insert`` with ``conflict``, the same clause as ``stmt``'s."""
+    if conn.dialect.name == "postgresql":
+        _pg_insert(conn, table, rows, conflict)
+    else:
+        conn.execute(stmt, rows)
+
+
+def _remember_statement(dialect: str) -> Any:
+    key = ("remember-events", dialect)
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        table = ProcessedEventRow.__table__
+        ins: Any = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+        stmt = _STATEMENTS[key] = ins.on_conflict_do_nothing(index_elements=["event_id"]).returning(
+            table.c.event_id
+        )
+    return stmt
 
 
 @lru_cache(maxsize=4096)
@@ -559,16 +692,18 @@ class SqlUnitOfWork:
     def remember_events(self, events: Sequence[tuple[str, str, datetime]]) -> set[str]:
         if not events:
             return set()
-        seen = set(self.conn.scalars(_SEEN_EVENTS, {"ids": [e[0] for e in events]}))
         rows: dict[str, dict[str, Any]] = {}
         for event_id, kind, at in events:
-            if event_id not in seen and event_id not in rows:
+            if event_id not in rows:
                 rows[event_id] = {"event_id": event_id, "kind": kind, "occurred_at": at}
-        if rows:
-            # A concurrent writer inserting the same id makes this fail and the whole
-            # unit of work roll back: the event is then a duplicate on its next delivery.
-            self.conn.execute(ProcessedEventRow.__table__.insert(), list(rows.values()))
-        return set(rows)
+        # One statement: the ids it inserts are the fresh ones. An id being inserted
+        # by a concurrent writer makes PostgreSQL wait for that writer's outcome: once
+        # it commits, the id is a duplicate here; should it roll back, it is fresh.
+        # In key order, so that two such writers cannot deadlock.
+        result = self.conn.execute(
+            _remember_statement(self.conn.dialect.name), [rows[k] for k in sorted(rows)]
+        )
+        return set(result.scalars())
 
     # -- reference data
     def upsert_customers(self, customers: Sequence[Customer]) -> None:
@@ -593,7 +728,8 @@ class SqlUnitOfWork:
 
     def upsert_payment_methods(self, methods: Sequence[PaymentMethod]) -> None:
         defaults = [m for m in methods if m.is_default]
-        if defaults:
+        postgres = self.conn.dialect.name == "postgresql"
+        if defaults and not postgres:  # (on PostgreSQL, in the upsert's own statement)
             self.conn.execute(
                 _UNSET_OTHER_DEFAULTS,
                 {"customers": list({m.customer_id for m in defaults}), "ids": [m.id for m in defaults]},
@@ -616,6 +752,7 @@ class SqlUnitOfWork:
                 for m in methods
             ],
             ["id"],
+            before=[_UNSET_OTHER_DEFAULTS_PG] if defaults and postgres else [],
         )
 
     def upsert_subscriptions(
@@ -766,9 +903,9 @@ class SqlUnitOfWork:
             rows.append(values)
             events.extend(_event_values(case.collect_events()))
         if rows:
-            self.conn.execute(_INSERT_CASES, rows)
+            _insert(self.conn, _INSERT_CASES, cases_t, rows)
         if events:
-            self.conn.execute(_INSERT_EVENTS, events)
+            _insert(self.conn, _INSERT_EVENTS, events_t, events)
 
     def save_cases(self, cases: Sequence[DunningCase], *, release_claims: bool) -> None:
         if not cases:
@@ -789,7 +926,7 @@ class SqlUnitOfWork:
         for case in cases:
             case.version += 1
         if events:
-            self.conn.execute(_INSERT_EVENTS, events)
+            _insert(self.conn, _INSERT_EVENTS, events_t, events)
 
     def lock_cases(self, case_ids: Sequence[str]) -> dict[str, int]:
         if not case_ids:
@@ -822,7 +959,7 @@ class SqlUnitOfWork:
         billing = [_attempt_values(a) for a in attempts if a.trigger is AttemptTrigger.BILLING]
         own = [_attempt_values(a) for a in attempts if a.trigger is not AttemptTrigger.BILLING]
         if own:
-            self.conn.execute(_INSERT_ATTEMPTS, own)
+            _insert(self.conn, _INSERT_ATTEMPTS, attempts_t, own)
         if billing:
             # The billing system may report the same failed charge twice (two events,
             # one charge): record it once.
@@ -832,7 +969,8 @@ class SqlUnitOfWork:
             stmt = _STATEMENTS.get(key)
             if stmt is None:
                 stmt = _STATEMENTS[key] = ins.on_conflict_do_nothing(index_elements=["idempotency_key"])
-            self.conn.execute(stmt, billing)
+            conflict = 'ON CONFLICT ("idempotency_key") DO NOTHING'
+            _insert(self.conn, stmt, attempts_t, billing, conflict)
 
     def finish_attempts(self, attempts: Sequence[Attempt]) -> None:
         if not attempts:
@@ -1009,7 +1147,7 @@ class SqlUnitOfWork:
         if stmt is None:
             ins: Any = postgresql.insert(messages_t) if dialect == "postgresql" else sqlite.insert(messages_t)
             stmt = _STATEMENTS[key] = ins.on_conflict_do_nothing(index_elements=["key"])
-        self.conn.execute(stmt, rows)
+        _insert(self.conn, stmt, messages_t, rows, 'ON CONFLICT ("key") DO NOTHING')
 
     def _set_preference(self, customer_id: str, at: datetime, **values: bool) -> None:
         _upsert(

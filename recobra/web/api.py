@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
@@ -24,6 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from recobra.domain.case import CaseStatus, EventKind, FinalAction, NextAction
 from recobra.domain.errors import IllegalTransition
 from recobra.domain.model import AttemptStatus, AttemptTrigger, Funding, Interval, SubscriptionStatus
+from recobra.engine.commands import Command, PaymentMethodUpdated
+from recobra.engine.service import HandleResult
 from recobra.ports import ConcurrentUpdate
 from recobra.schemas import EventError, event_json_schema, parse_events_text
 from recobra.store.keys import get_key
@@ -41,7 +43,7 @@ from recobra.web import auth
 from recobra.web.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from recobra.web.health import metrics_of, problem_doc
 from recobra.web.problems import Problem
-from recobra.web.services import Services, get_services
+from recobra.web.services import Services, get_services, services_now
 
 PREFIX = "/api/v1"
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -425,7 +427,11 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _ingest(services: Services, text: str) -> tuple[list[str], IngestResult]:
+SMALL_BODY = 64 * 1024
+"""Bodies up to this size are parsed on the event loop; larger ones in a worker thread."""
+
+
+def _parse(text: str) -> list[Command]:
     if not text.strip():
         raise _invalid_events([("(json)", "empty body: send one event object or a JSON array of events")])
     try:
@@ -434,19 +440,40 @@ def _ingest(services: Services, text: str) -> tuple[list[str], IngestResult]:
         raise _invalid_events(exc.problems) from None
     if len(commands) > MAX_EVENTS:
         raise _invalid_events([("events", f"at most {MAX_EVENTS} events per request, got {len(commands)}")])
+    return commands
+
+
+async def _ingest(services: Services, text: str) -> tuple[list[Command], list[HandleResult]]:
+    """Check every event, then apply them all (or none) in a transaction shared with
+    concurrent requests (recobra.web.ingest); immediate retries run after the commit."""
+    commands = _parse(text) if len(text) <= SMALL_BODY else await run_in_threadpool(_parse, text)
+    if not commands:
+        return commands, []
     try:
-        handled = services.engine.handle_many(commands) if commands else []
+        handled = await services.group_commit.submit(commands)
     except ConcurrentUpdate:
         raise Problem(
             409, "Conflict", "cases changed while the events were applied; send them again"
         ) from None
-    results = [
-        EventResult(id=r.event_id, duplicate=r.duplicate, case_ids=list(r.case_ids), note=r.note)
-        for r in handled
-    ]
-    duplicates = sum(r.duplicate for r in results)
-    kinds = [type(c).__name__ for c in commands]
-    return kinds, IngestResult(applied=len(results) - duplicates, duplicates=duplicates, results=results)
+    if any(isinstance(c, PaymentMethodUpdated) for c in commands):
+        await run_in_threadpool(services.engine.run_immediate_retries, commands, handled)
+    return commands, handled
+
+
+def _ingest_response(handled: list[HandleResult]) -> Response:
+    """``IngestResult`` as JSON, written directly: these few plain fields need no model
+    validation on the busiest route (the OpenAPI document still shows the model)."""
+    duplicates = sum(r.duplicate for r in handled)
+    body = {
+        "applied": len(handled) - duplicates,
+        "duplicates": duplicates,
+        "results": [
+            {"id": r.event_id, "duplicate": r.duplicate, "case_ids": list(r.case_ids), "note": r.note}
+            for r in handled
+        ],
+    }
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return Response(text, media_type="application/json")
 
 
 # --------------------------------------------------------------------------- routes
@@ -501,8 +528,9 @@ router = APIRouter(
             "content": {"application/json": {"schema": _event_body_schema()}},
         }
     },
+    response_model=IngestResult,
 )
-async def post_events(request: Request, services: ServicesDep) -> IngestResult:
+async def post_events(request: Request, services: Annotated[Services, Depends(services_now)]) -> Response:
     body = await _read_body(request)
     try:
         text = body.decode("utf-8")
@@ -510,14 +538,14 @@ async def post_events(request: Request, services: ServicesDep) -> IngestResult:
         raise _invalid_events([("(json)", "the body is not UTF-8 text")]) from None
     metrics = metrics_of(request.app)
     try:
-        kinds, result = await run_in_threadpool(_ingest, services, text)
+        commands, handled = await _ingest(services, text)
     except Problem as problem:
         if problem.status == 422 and metrics is not None:
             metrics.rejected.inc()
         raise
     if metrics is not None:
-        metrics.ingested(kinds, [r.duplicate for r in result.results])
-    return result
+        metrics.ingested([type(c).__name__ for c in commands], [r.duplicate for r in handled])
+    return _ingest_response(handled)
 
 
 @router.get("/cases", summary="List cases, newest first", responses=INVALID)

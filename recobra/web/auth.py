@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from recobra.store.keys import verify_key
 from recobra.web.problems import Problem, problem_response
@@ -38,15 +39,22 @@ class Unauthorized(Problem):
         self.challenge = challenge
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
-    """The id of the request's valid API key; 401 otherwise."""
+    """The id of the request's valid API key; 401 otherwise. A key verified in the last
+    couple of seconds is taken from memory (``services.keys``); otherwise the database
+    is asked, in a worker thread."""
     if credentials is None:
         raise Unauthorized("send an API key: Authorization: Bearer rk_live_...")
     services: Services = request.app.state.services
-    key_id = verify_key(services.store.engine, credentials.credentials, services.now())
+    presented = credentials.credentials
+    key_id = services.keys.get(presented)
+    if key_id is None:
+        key_id = await run_in_threadpool(verify_key, services.store.engine, presented, services.now())
+        if key_id is not None:
+            services.keys.remember(presented, key_id)
     if key_id is None:
         raise Unauthorized("the API key is not valid (unknown or revoked)", error="invalid_token")
     return key_id

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -81,8 +82,9 @@ class Served:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
 
-@pytest.fixture
-def served(database: str, tmp_path: Path) -> Iterator[Served]:
+@contextmanager
+def serving(database: str, tmp_path: Path, *extra: str) -> Iterator[Served]:
+    """``recobra serve`` on a free loopback port, answering /healthz; killed if still up."""
     port = free_port()
     log = tmp_path / "serve.log"
     env = {**os.environ, "RECOBRA_LINK_SECRET": SECRET, "RECOBRA_POLL_INTERVAL_S": "0.5"}
@@ -100,7 +102,7 @@ def served(database: str, tmp_path: Path) -> Iterator[Served]:
                 str(port),
                 "--database-url",
                 database,
-                "--with-worker",
+                *extra,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -123,6 +125,12 @@ def served(database: str, tmp_path: Path) -> Iterator[Served]:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=STOP_TIMEOUT)
+
+
+@pytest.fixture
+def served(database: str, tmp_path: Path) -> Iterator[Served]:
+    with serving(database, tmp_path, "--with-worker") as server:
+        yield server
 
 
 def test_serve_answers_health_and_the_api_then_stops_cleanly(database: str, served: Served) -> None:
@@ -159,6 +167,56 @@ def test_serve_answers_health_and_the_api_then_stops_cleanly(database: str, serv
     assert "Application shutdown complete" in output
     assert "server stopped" in output
     assert "Traceback" not in output
+
+
+def api_key(database: str) -> dict[str, str]:
+    created = recobra("api-keys", "create", "e2e", "--database-url", database)
+    assert created.returncode == 0, created.stderr
+    (key,) = re.findall(r"rk_live_[A-Za-z0-9_-]{43}", created.stdout)
+    return {"Authorization": f"Bearer {key}"}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_serve_runs_several_processes_on_one_port_and_stops_them_all(database: str, tmp_path: Path) -> None:
+    auth = api_key(database)
+    with serving(database, tmp_path, "--workers", "2", "--with-worker") as served:
+        invoice: dict[str, object] = EVENT["invoice"]  # type: ignore[assignment]
+        events = [{**EVENT, "id": f"evt_w_{i}", "invoice": {**invoice, "id": f"in_w_{i}"}} for i in range(12)]
+        with httpx.Client(base_url=served.base, timeout=30.0) as client:
+            for event in events:  # a new connection each: whichever process accepts it answers
+                sent = httpx.post(f"{served.base}/api/v1/events", json=event, headers=auth, timeout=30.0)
+                assert sent.status_code == 200, sent.text
+            cases = client.get("/api/v1/cases", params={"limit": 50}, headers=auth).json()["data"]
+            assert len(cases) == 12
+        pids = [int(p) for p in re.findall(r"Started server process \[(\d+)\]", served.output())]
+        assert len(set(pids)) == 2, served.output()
+        served.process.send_signal(signal.SIGTERM)
+        code = served.process.wait(timeout=STOP_TIMEOUT)
+        output = served.output()
+    assert code == 0, output
+    assert output.count("Application shutdown complete") == 2, output
+    assert "working every" in output  # one worker thread, in the parent
+    assert "server stopped" in output
+    assert "Traceback" not in output
+    assert not [pid for pid in pids if alive(pid)]
+
+
+def test_serve_on_sqlite_runs_one_process_by_default(database: str, tmp_path: Path) -> None:
+    # SQLite has one writer at a time: more processes would only queue on its lock.
+    with serving(database, tmp_path) as served:
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=STOP_TIMEOUT) == 0
+    output = served.output()
+    assert "Started parent process" not in output
+    assert output.count("Started server process") == 1
+    assert "server stopped" in output
 
 
 def test_serve_refuses_to_start_without_a_link_secret(database: str) -> None:

@@ -32,7 +32,7 @@ from recobra.gateways.simulated import SimulatedGateway
 from recobra.messages.links import LinkSigner
 from recobra.policyfile import parse_policy
 from recobra.settings import Settings
-from recobra.store.keys import create_key, revoke_key
+from recobra.store.keys import VERIFIED_FOR_S, create_key, revoke_key
 from recobra.store.sql import SqlStore
 from recobra.web.app import create_app
 from recobra.web.services import Services
@@ -230,10 +230,30 @@ def test_an_invalid_key_gets_the_invalid_token_challenge(api: Api) -> None:
     assert wrong.headers["www-authenticate"] == 'Bearer realm="recobra", error="invalid_token"'
 
 
-def test_a_revoked_key_is_refused_at_once(api: Api) -> None:
+def test_a_revoked_key_is_refused_within_the_documented_delay(api: Api) -> None:
+    ticks = [1000.0]
+    api.services.keys.timer = lambda: ticks[0]
     assert api.get("/api/v1/cases").status_code == 200
     revoke_key(api.services.store.engine, api.key_id, api.now)
+    # A process trusts a key it verified for VERIFIED_FOR_S seconds, no longer.
+    ticks[0] += VERIFIED_FOR_S - 0.01
+    assert api.get("/api/v1/cases").status_code == 200
+    ticks[0] += 0.01
     assert_problem(api.get("/api/v1/cases"), 401)
+    ticks[0] += 3600
+    assert_problem(api.post("/api/v1/events", [failed("1")]), 401)
+    assert api.db.count("cases") == 0
+
+
+def test_a_new_key_works_at_once_and_a_wrong_one_is_never_remembered(api: Api) -> None:
+    new_id, new = create_key(api.services.store.engine, "new one", T0)
+    assert api.client.get("/api/v1/cases", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    revoke_key(api.services.store.engine, new_id, api.now)
+    wrong = {"Authorization": "Bearer rk_live_" + "B" * 43}
+    for _ in range(3):
+        assert_problem(api.client.get("/api/v1/cases", headers=wrong), 401)
+    api.services.keys.forget()
+    assert_problem(api.client.get("/api/v1/cases", headers={"Authorization": f"Bearer {new}"}), 401)
 
 
 # --------------------------------------------------------------------------- events

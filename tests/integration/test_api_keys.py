@@ -188,3 +188,28 @@ def test_the_api_keys_commands_need_an_initialised_database(tmp_path: Path) -> N
     result = CliRunner().invoke(cli, ["api-keys", "list", "--database-url", url])
     assert result.exit_code == 2
     assert "recobra init" in result.stderr
+
+
+def test_verified_keys_are_remembered_briefly_by_hash_only() -> None:
+    ticks = [0.0]
+    memo = keys.VerifiedKeys(seconds=2.0, timer=lambda: ticks[0])
+    plaintext = "rk_live_" + "k" * 43
+
+    assert memo.get(plaintext) is None
+    memo.remember(plaintext, "key_1")
+    assert memo.get(plaintext) == "key_1"
+    assert memo.get(plaintext + "x") is None
+    assert plaintext not in repr(memo)
+    ticks[0] = 1.99
+    assert memo.get(plaintext) == "key_1"
+    ticks[0] = 2.0
+    assert memo.get(plaintext) is None  # expired: the next request asks the database
+    memo.remember(plaintext, "key_1")
+    memo.forget()
+    assert memo.get(plaintext) is None
+
+
+def test_verified_keys_can_be_turned_off() -> None:
+    memo = keys.VerifiedKeys(seconds=0)
+    memo.remember("rk_live_" + "k" * 43, "key_1")
+    assert memo.get("rk_live_" + "k" * 43) is None
