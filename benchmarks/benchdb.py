@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import make_url, text
+from sqlalchemy.exc import OperationalError
 
 from recobra.store.migrate import upgrade
 from recobra.store.sql import make_engine
@@ -21,6 +22,7 @@ def fresh_database(url: str | None) -> Iterator[str]:
     Recobra tables dropped first: give the benchmarks one of their own."""
     with tempfile.TemporaryDirectory(prefix="recobra-bench-") as tmp:
         url = url or f"sqlite:///{Path(tmp) / 'bench.db'}"
+        _create_if_missing(url)
         engine = make_engine(url)
         with engine.begin() as conn:
             Base.metadata.drop_all(conn)
@@ -28,3 +30,28 @@ def fresh_database(url: str | None) -> Iterator[str]:
         upgrade(engine)
         engine.dispose()
         yield url
+
+
+def _create_if_missing(url: str) -> None:
+    """Create a PostgreSQL database that does not exist yet (through the server's
+    ``postgres`` database), so a new machine needs no manual step."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or not parsed.database:
+        return
+    probe = make_engine(url)
+    try:
+        with probe.connect():
+            return
+    except OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise
+    finally:
+        probe.dispose()
+    admin = make_engine(parsed.set(database="postgres").render_as_string(hide_password=False))
+    try:
+        with admin.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                text(f'CREATE DATABASE "{parsed.database}"')
+            )
+    finally:
+        admin.dispose()

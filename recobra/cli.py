@@ -650,10 +650,12 @@ def demo(
     )
     console.print("  recobra simulate --json ...                        # the same report as JSON")
     if serve:
-        _serve_demo_dashboard(url, seed, port)
+        _serve_demo_dashboard(url, seed, port, directory / "messages")
 
 
 DEMO_USER = "demo@example.com"
+DEMO_FILE_CHANNELS = ("email", "sms", "voice", "push", "webhook")
+"""The served demo's channels that write files (into the demo's messages folder)."""
 
 
 def _check_port_free(port: int) -> None:
@@ -668,10 +670,13 @@ def _check_port_free(port: int) -> None:
             raise fail(message) from None
 
 
-def _serve_demo_dashboard(url: str, seed: int, port: int) -> None:
+def _serve_demo_dashboard(url: str, seed: int, port: int, messages_dir: Path) -> None:
     """The dashboard on the demo's database, for a demo user with a fresh random password
-    (printed once), on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    (printed once), on 127.0.0.1 until Ctrl-C or SIGTERM. A worker runs beside it on the
+    wall clock, so the dashboard's actions (retry now, send the link again) and the
+    cases that fall due carry on; its messages go to files beside the simulation's."""
     import secrets  # noqa: PLC0415
+    import threading  # noqa: PLC0415
 
     import uvicorn  # noqa: PLC0415
 
@@ -686,6 +691,9 @@ def _serve_demo_dashboard(url: str, seed: int, port: int) -> None:
         link_secret=secrets.token_hex(32),  # this run's links and sessions only
         public_url=base,
         company_name="Recobra demo",
+        channels=dict.fromkeys(DEMO_FILE_CHANNELS, "file") | {"in_app": "in_app"},
+        channel_settings={kind: {"directory": str(messages_dir)} for kind in DEMO_FILE_CHANNELS},
+        poll_interval_s=2.0,
     )
     services = Services.from_settings(settings)
     password = secrets.token_urlsafe(12)
@@ -705,9 +713,22 @@ def _serve_demo_dashboard(url: str, seed: int, port: int) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    stopping = threading.Event()
+    ticker = _engine(settings, store=services.store)
+    messenger, relay = _messenger(settings, ticker), _relay(settings, ticker)
+    loop = (ticker, messenger, relay, settings.poll_interval_s, stopping)
+    worker = threading.Thread(
+        target=_work_loop,
+        args=loop,
+        name="recobra-demo-worker",
+        daemon=True,
+    )
+    worker.start()
     try:
         server.run()
     finally:
+        stopping.set()
+        worker.join(timeout=settings.lease_s)
         services.close()
     if not server.started:
         raise fail(f"could not serve the dashboard on {base} (is the port in use? try --port)", 1)

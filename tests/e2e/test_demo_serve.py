@@ -7,9 +7,11 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -25,6 +27,48 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _worker_decisions(database: Path, case_id: str) -> list[tuple[str, str]]:
+    """The resent reminders of ``case_id`` that a worker has sent or held (with its reason)."""
+    with closing(sqlite3.connect(database, timeout=10)) as db:
+        rows = db.execute(
+            "SELECT status, reason FROM messages WHERE case_id = ? AND key LIKE ? "
+            "AND (status = 'sent' OR reason <> '')",
+            (case_id, f"{case_id}:resend@%"),
+        ).fetchall()
+    return [(str(status), str(reason)) for status, reason in rows]
+
+
+def _sign_in(client: httpx.Client, password: str, deadline: float) -> None:
+    while True:  # the server may still be binding
+        try:
+            form = client.get("/admin/login")
+            break
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline, "the dashboard never answered"
+            time.sleep(0.2)
+    token = CSRF.search(form.text)
+    assert token
+    login = client.post(
+        "/admin/login",
+        data={"email": "demo@example.com", "password": password, "csrf_token": token.group(1)},
+    )
+    assert login.status_code == 200, login.text
+
+
+def _resend_and_wait(client: httpx.Client, case_id: str, database: Path, deadline: float) -> None:
+    """An operator's action reaches the worker running beside the dashboard: it sends
+    the reminder, or holds it under the customer's caps and says why."""
+    page = client.get(f"/admin/cases/{case_id}")
+    token = CSRF.search(page.text)
+    assert token
+    resent = client.post(f"/admin/cases/{case_id}/resend-link", data={"csrf_token": token.group(1)})
+    assert resent.status_code == 200, resent.text
+    while not (decided := _worker_decisions(database, case_id)):
+        assert time.monotonic() < deadline, "the worker never took up the operator's reminder"
+        time.sleep(0.5)
+    assert all(status == "sent" or reason for status, reason in decided), decided
 
 
 def test_demo_serves_the_dashboard_on_its_data(tmp_path: Path) -> None:
@@ -70,26 +114,16 @@ def test_demo_serves_the_dashboard_on_its_data(tmp_path: Path) -> None:
 
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=30, follow_redirects=True) as client:
-            while True:  # the server may still be binding
-                try:
-                    form = client.get("/admin/login")
-                    break
-                except httpx.ConnectError:
-                    assert time.monotonic() < deadline, "the dashboard never answered"
-                    time.sleep(0.2)
-            token = CSRF.search(form.text)
-            assert token
-            login = client.post(
-                "/admin/login",
-                data={"email": "demo@example.com", "password": password, "csrf_token": token.group(1)},
-            )
-            assert login.status_code == 200, login.text
+            _sign_in(client, password, deadline)
             overview = client.get("/admin?days=30")
             assert overview.status_code == 200
             assert "Open cases" in overview.text
             assert "<svg" in overview.text
-            cases = client.get("/admin/cases")
-            assert re.search(r'href="/admin/cases/case_', cases.text)  # the demo's own cases
+            cases = client.get("/admin/cases?status=open")
+            found = re.search(r'href="/admin/cases/(case_[^"?]+)"', cases.text)  # the demo's own cases
+            assert found, cases.text
+            case_id = found.group(1)
+            _resend_and_wait(client, case_id, tmp_path / "demo" / "recobra.db", deadline + 60)
         with httpx.Client(base_url=base, timeout=30) as stranger:
             assert stranger.get("/admin").status_code == 303  # no session, no dashboard
 
