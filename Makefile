@@ -43,6 +43,7 @@ chromium:
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check recobra tests benchmarks
+	$(BIN)/ruff format --check recobra tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -194,7 +194,14 @@ def start_server(url: str, port: int, workers: int | None) -> subprocess.Popen[s
     }
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "recobra.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+            sys.executable,
+            "-m",
+            "recobra.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
             *(["--workers", str(workers)] if workers else []),
         ],
         env=env,

@@ -69,9 +69,7 @@ GatewaySettingOpt = Annotated[
 PolicyOpt = Annotated[
     Path | None, typer.Option("--policy", help="Policy file (TOML); default: the shipped policy")
 ]
-TemplatesOpt = Annotated[
-    Path | None, typer.Option(help="Folder of templates overriding the shipped ones")
-]
+TemplatesOpt = Annotated[Path | None, typer.Option(help="Folder of templates overriding the shipped ones")]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -59,7 +59,6 @@ DATABASE_URL_ENV = "RECOBRA_TEST_DATABASE_URL"
 T0 = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
 
 
-
 def fixed_policy(*more_steps: str, name: str = "integration", extra: str = "") -> str:
     """A "fixed" policy: retries land exactly at opened_at + step, so tests can name
     the due times. Three retries (+1d, +3d, +6d) in a 10-day window, 2 days' grace,
@@ -274,8 +273,13 @@ def engine_factory(store: SqlStore, gateway: SimulatedGateway) -> EngineFactory:
         batch_size: int = 500,
     ) -> Engine:
         return Engine(
-            store, gateway, parse_policy(policy_text, "<test policy>").policies,
-            holidays or NoHolidays(), lease=lease, batch_size=batch_size, worker_id=worker_id,
+            store,
+            gateway,
+            parse_policy(policy_text, "<test policy>").policies,
+            holidays or NoHolidays(),
+            lease=lease,
+            batch_size=batch_size,
+            worker_id=worker_id,
         )
 
     return make
@@ -307,66 +311,135 @@ class Commands:
         return f"case_in_{key}"
 
     def customer(self, key: str, *, timezone: str = "UTC", country: str = "US") -> Customer:
-        return Customer(id=f"cus_{key}", email=f"{key}@example.com", timezone=timezone,
-                        country=country, name=f"Customer {key}", created_at=self.t0 - timedelta(days=400))
+        return Customer(
+            id=f"cus_{key}",
+            email=f"{key}@example.com",
+            timezone=timezone,
+            country=country,
+            name=f"Customer {key}",
+            created_at=self.t0 - timedelta(days=400),
+        )
 
-    def card(self, key: str, *, token: str = "tok_sim_ok", pm_id: str | None = None,
-             brand: str = "amex", funding: Funding = Funding.CREDIT, last4: str = "4242",
-             is_default: bool = True) -> PaymentMethod:
-        return PaymentMethod(id=pm_id or f"pm_{key}", customer_id=f"cus_{key}", gateway_token=token,
-                             brand=brand, last4=last4, exp_month=12, exp_year=2030, funding=funding,
-                             is_default=is_default)
+    def card(
+        self,
+        key: str,
+        *,
+        token: str = "tok_sim_ok",
+        pm_id: str | None = None,
+        brand: str = "amex",
+        funding: Funding = Funding.CREDIT,
+        last4: str = "4242",
+        is_default: bool = True,
+    ) -> PaymentMethod:
+        return PaymentMethod(
+            id=pm_id or f"pm_{key}",
+            customer_id=f"cus_{key}",
+            gateway_token=token,
+            brand=brand,
+            last4=last4,
+            exp_month=12,
+            exp_year=2030,
+            funding=funding,
+            is_default=is_default,
+        )
 
     def subscription(self, key: str, *, amount: int = 1900, currency: str = "USD") -> Subscription:
-        plan = Plan(id=f"plan_{currency.lower()}_{amount}", name="Pro", interval=Interval.MONTH,
-                    price=Money(amount, currency))
-        return Subscription(id=f"sub_{key}", customer_id=f"cus_{key}", plan=plan,
-                            status=SubscriptionStatus.ACTIVE, started_at=self.t0 - timedelta(days=200))
+        plan = Plan(
+            id=f"plan_{currency.lower()}_{amount}",
+            name="Pro",
+            interval=Interval.MONTH,
+            price=Money(amount, currency),
+        )
+        return Subscription(
+            id=f"sub_{key}",
+            customer_id=f"cus_{key}",
+            plan=plan,
+            status=SubscriptionStatus.ACTIVE,
+            started_at=self.t0 - timedelta(days=200),
+        )
 
     def payment_failed(
-        self, key: str = "1", *, token: str = "tok_sim_decline_do_not_honor", brand: str = "amex",
-        funding: Funding = Funding.CREDIT, decline_code: str | None = "do_not_honor",
-        network_code: str | None = None, advice_code: str | None = None,
-        occurred_at: datetime | None = None, event_id: str | None = None, amount: int = 1900,
-        currency: str = "USD", with_subscription: bool = True, gateway_reference: str | None = None,
-        timezone: str = "UTC", country: str = "US",
+        self,
+        key: str = "1",
+        *,
+        token: str = "tok_sim_decline_do_not_honor",
+        brand: str = "amex",
+        funding: Funding = Funding.CREDIT,
+        decline_code: str | None = "do_not_honor",
+        network_code: str | None = None,
+        advice_code: str | None = None,
+        occurred_at: datetime | None = None,
+        event_id: str | None = None,
+        amount: int = 1900,
+        currency: str = "USD",
+        with_subscription: bool = True,
+        gateway_reference: str | None = None,
+        timezone: str = "UTC",
+        country: str = "US",
     ) -> PaymentFailed:
         at = occurred_at or self.t0
         return PaymentFailed(
-            event_id=event_id or self.event_id(), occurred_at=at,
+            event_id=event_id or self.event_id(),
+            occurred_at=at,
             customer=self.customer(key, timezone=timezone, country=country),
-            invoice=Invoice(id=f"in_{key}", customer_id=f"cus_{key}",
-                            subscription_id=f"sub_{key}" if with_subscription else None,
-                            amount=Money(amount, currency), status=InvoiceStatus.OPEN,
-                            created_at=at - timedelta(minutes=5)),
+            invoice=Invoice(
+                id=f"in_{key}",
+                customer_id=f"cus_{key}",
+                subscription_id=f"sub_{key}" if with_subscription else None,
+                amount=Money(amount, currency),
+                status=InvoiceStatus.OPEN,
+                created_at=at - timedelta(minutes=5),
+            ),
             payment_method=self.card(key, token=token, brand=brand, funding=funding),
             subscription=self.subscription(key, amount=amount, currency=currency)
-            if with_subscription else None,
-            decline_code=decline_code, network_code=network_code, advice_code=advice_code,
+            if with_subscription
+            else None,
+            decline_code=decline_code,
+            network_code=network_code,
+            advice_code=advice_code,
             gateway_reference=gateway_reference,
         )
 
-    def payment_method_updated(self, key: str, *, at: datetime, token: str = "tok_sim_ok",
-                               pm_id: str | None = None, brand: str = "amex", last4: str = "1881",
-                               event_id: str | None = None) -> PaymentMethodUpdated:
+    def payment_method_updated(
+        self,
+        key: str,
+        *,
+        at: datetime,
+        token: str = "tok_sim_ok",
+        pm_id: str | None = None,
+        brand: str = "amex",
+        last4: str = "1881",
+        event_id: str | None = None,
+    ) -> PaymentMethodUpdated:
         return PaymentMethodUpdated(
-            event_id=event_id or self.event_id(), occurred_at=at,
-            payment_method=self.card(key, token=token, pm_id=pm_id or f"pm_{key}_new", brand=brand,
-                                     last4=last4))
+            event_id=event_id or self.event_id(),
+            occurred_at=at,
+            payment_method=self.card(
+                key, token=token, pm_id=pm_id or f"pm_{key}_new", brand=brand, last4=last4
+            ),
+        )
 
     def payment_succeeded(self, key: str, *, at: datetime, event_id: str | None = None) -> PaymentSucceeded:
-        return PaymentSucceeded(event_id=event_id or self.event_id(), occurred_at=at,
-                                invoice_id=f"in_{key}", gateway_reference=f"ch_{key}")
+        return PaymentSucceeded(
+            event_id=event_id or self.event_id(),
+            occurred_at=at,
+            invoice_id=f"in_{key}",
+            gateway_reference=f"ch_{key}",
+        )
 
-    def paid_out_of_band(self, key: str, *, at: datetime, note: str = "bank transfer",
-                         event_id: str | None = None) -> InvoicePaidOutOfBand:
-        return InvoicePaidOutOfBand(event_id=event_id or self.event_id(), occurred_at=at,
-                                    invoice_id=f"in_{key}", note=note)
+    def paid_out_of_band(
+        self, key: str, *, at: datetime, note: str = "bank transfer", event_id: str | None = None
+    ) -> InvoicePaidOutOfBand:
+        return InvoicePaidOutOfBand(
+            event_id=event_id or self.event_id(), occurred_at=at, invoice_id=f"in_{key}", note=note
+        )
 
-    def subscription_canceled(self, key: str, *, at: datetime, reason: str = "too expensive",
-                              event_id: str | None = None) -> SubscriptionCanceled:
-        return SubscriptionCanceled(event_id=event_id or self.event_id(), occurred_at=at,
-                                    subscription_id=f"sub_{key}", reason=reason)
+    def subscription_canceled(
+        self, key: str, *, at: datetime, reason: str = "too expensive", event_id: str | None = None
+    ) -> SubscriptionCanceled:
+        return SubscriptionCanceled(
+            event_id=event_id or self.event_id(), occurred_at=at, subscription_id=f"sub_{key}", reason=reason
+        )
 
 
 @pytest.fixture

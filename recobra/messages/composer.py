@@ -117,9 +117,7 @@ class TemplateComposer:
                 (closed_at or now) + timedelta(days=self.sender.data_retention_days) if canceled else None
             ),
             fix_url=None if canceled else link("update_payment"),
-            cancel_url=(
-                link("cancel", subscription) if entry.kind is MessageKind.RENEWAL_UPCOMING else None
-            ),
+            cancel_url=(link("cancel", subscription) if entry.kind is MessageKind.RENEWAL_UPCOMING else None),
             reactivate_url=link("reactivate", subscription) if canceled else None,
             unsubscribe_url=link("unsubscribe", customer.id),
             # The exit survey, unless the customer answered it on the way out.

@@ -253,8 +253,7 @@ _UNSET_OTHER_DEFAULTS = (
 # The same, as a WITH query of the payment methods' upsert on PostgreSQL (one round
 # trip for both). It cannot touch a row the upsert writes: those ids are excluded.
 _DEFAULT_METHODS_IN = (
-    "SELECT d.{0} FROM json_populate_recordset(NULL::payment_methods, %(rows)s::json) AS d"
-    " WHERE d.is_default"
+    "SELECT d.{0} FROM json_populate_recordset(NULL::payment_methods, %(rows)s::json) AS d WHERE d.is_default"
 )
 _UNSET_OTHER_DEFAULTS_PG = (
     "unset AS (UPDATE payment_methods SET is_default = false WHERE is_default"

@@ -74,9 +74,7 @@ class CardOnly:
     """The default payment method's id: once a new card is saved, a fresh SetupIntent."""
 
 
-def element(
-    gateway: StripeGateway, page: DunningCase | CardOnly, *, nonce: str, return_url: str
-) -> Element:
+def element(gateway: StripeGateway, page: DunningCase | CardOnly, *, nonce: str, return_url: str) -> Element:
     """The SetupIntent (or the payment to authenticate) for this case's page, or the
     SetupIntent for a customer's card-only page."""
     key = gateway.settings.publishable_key

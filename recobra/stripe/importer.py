@@ -60,8 +60,15 @@ class Cursors:
                 select(StripeImportCursorRow.__table__).where(StripeImportCursorRow.resource == resource)
             ).first()
 
-    def save(self, resource: str, starting_after: str | None, imported: int, now: datetime, *,
-             finished: bool = False) -> None:
+    def save(
+        self,
+        resource: str,
+        starting_after: str | None,
+        imported: int,
+        now: datetime,
+        *,
+        finished: bool = False,
+    ) -> None:
         values = {
             "resource": resource,
             "starting_after": starting_after,

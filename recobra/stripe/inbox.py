@@ -357,9 +357,8 @@ class EventProcessor:
     def _default_method(
         self, cus: Mapping[str, Any], sub: Mapping[str, Any] | None = None
     ) -> PaymentMethod | None:
-        token = (
-            mapping.ref((sub or {}).get("default_payment_method"))
-            or mapping.ref((cus.get("invoice_settings") or {}).get("default_payment_method"))
+        token = mapping.ref((sub or {}).get("default_payment_method")) or mapping.ref(
+            (cus.get("invoice_settings") or {}).get("default_payment_method")
         )
         if not token:
             return None

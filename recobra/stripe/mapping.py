@@ -238,13 +238,7 @@ def decline_codes(*, error: Obj | None = None, charge: Obj | None = None) -> Dec
     charge = charge or {}
     outcome = charge.get("outcome") or {}
     reason = outcome.get("reason") if outcome.get("type") in {"issuer_declined", "blocked"} else None
-    code = (
-        error.get("decline_code")
-        or reason
-        or error.get("code")
-        or charge.get("failure_code")
-        or None
-    )
+    code = error.get("decline_code") or reason or error.get("code") or charge.get("failure_code") or None
     network = error.get("network_decline_code") or outcome.get("network_decline_code") or None
     advice = (
         error.get("network_advice_code")

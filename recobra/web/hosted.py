@@ -100,9 +100,7 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/p/update_payment/{token}")
-def update_payment_page(
-    token: str, request: Request, svc: ServicesDep
-) -> HTMLResponse:
+def update_payment_page(token: str, request: Request, svc: ServicesDep) -> HTMLResponse:
     link = verify(request, svc, token, "update_payment")
     if isinstance(link, HTMLResponse):
         return link
@@ -363,8 +361,11 @@ def _card_result(
     with svc.store.unit_of_work() as uow:
         cases = [b.case for b in uow.load_bundles(list(view["open_cases"]), now)]
         still_owed = [c for c in cases if c.is_active]
-        paid = [(c, uow.plan_name(c.subscription_id) if c.subscription_id else None) for c in cases
-                if c.status is CaseStatus.RECOVERED]
+        paid = [
+            (c, uow.plan_name(c.subscription_id) if c.subscription_id else None)
+            for c in cases
+            if c.status is CaseStatus.RECOVERED
+        ]
         if not still_owed:
             uow.use_link(link.nonce, link.purpose, link.subject, now)
             uow.commit()
@@ -382,9 +383,7 @@ def _card_result(
 
 
 @router.get("/p/update_payment/{token}/stripe")
-def update_payment_stripe_return(
-    token: str, request: Request, svc: ServicesDep
-) -> HTMLResponse:
+def update_payment_stripe_return(token: str, request: Request, svc: ServicesDep) -> HTMLResponse:
     """Where Stripe sends the customer back after the element confirmed (or failed)."""
     link = verify(request, svc, token, "update_payment")
     if isinstance(link, HTMLResponse):
@@ -401,7 +400,11 @@ def update_payment_stripe_return(
     page_for: DunningCase | CardOnly = _card_only(view) if view["card_only"] else view["bundle"].case
     try:
         back = stripe_hosted.returned(
-            svc.engine.gateway, svc.engine, page_for, params, svc.now()  # type: ignore[arg-type]
+            svc.engine.gateway,
+            svc.engine,
+            page_for,
+            params,
+            svc.now(),  # type: ignore[arg-type]
         )
     except LookupError:
         return link_problem(request, svc, lang, "invalid", 404)
@@ -441,9 +444,7 @@ def _customer_language(request: Request, svc: Services, customer_id: str) -> str
 
 
 @router.get("/p/unsubscribe/{token}")
-def unsubscribe_page(
-    token: str, request: Request, svc: ServicesDep
-) -> HTMLResponse:
+def unsubscribe_page(token: str, request: Request, svc: ServicesDep) -> HTMLResponse:
     link = verify(request, svc, token, "unsubscribe")
     if isinstance(link, HTMLResponse):
         return link
@@ -458,9 +459,7 @@ def unsubscribe_page(
 
 
 @router.post("/p/unsubscribe/{token}")
-def unsubscribe(
-    token: str, request: Request, svc: ServicesDep
-) -> HTMLResponse:
+def unsubscribe(token: str, request: Request, svc: ServicesDep) -> HTMLResponse:
     link = verify(request, svc, token, "unsubscribe")
     if isinstance(link, HTMLResponse):
         return link

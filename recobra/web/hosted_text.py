@@ -114,8 +114,7 @@ TEXT: dict[str, dict[str, str]] = {
         "no_card_numbers": "Nunca vemos ni guardamos el número completo de tu tarjeta.",
         "stripe_intro": "Ingresa tu nueva tarjeta abajo. Va directamente a Stripe, nuestro procesador de "
         "pagos; volvemos a intentar el cobro en cuanto quede guardada.",
-        "authenticate_intro": "Tu banco pide que confirmes este pago (3-D Secure). Confírmalo abajo y "
-        "listo.",
+        "authenticate_intro": "Tu banco pide que confirmes este pago (3-D Secure). Confírmalo abajo y listo.",
         "authenticate": "Confirmar el pago",
         "needs_js": "Este formulario necesita JavaScript: carga el campo seguro de tarjeta de Stripe.",
         "stripe_unavailable_title": "El formulario de pago no está disponible ahora",

@@ -267,9 +267,7 @@ def _offer_words(svc: Services, j: _Journey, offer: SaveOffer, now: datetime) ->
 
 
 @router.get("/p/cancel/{token}")
-def cancel_page(
-    token: str, request: Request, svc: ServicesDep
-) -> HTMLResponse:
+def cancel_page(token: str, request: Request, svc: ServicesDep) -> HTMLResponse:
     j = _open(request, svc, token, "cancel")
     if isinstance(j, HTMLResponse):
         return j
@@ -439,9 +437,7 @@ def _accept(
 
 
 @router.get("/p/reactivate/{token}")
-def reactivate_page(
-    token: str, request: Request, svc: ServicesDep
-) -> HTMLResponse:
+def reactivate_page(token: str, request: Request, svc: ServicesDep) -> HTMLResponse:
     j = _open(request, svc, token, "reactivate")
     if isinstance(j, HTMLResponse):
         return j

@@ -17,21 +17,38 @@ GOOD_EVENT = {
     "id": "evt_1",
     "type": "payment_failed",
     "occurred_at": "2026-03-02T15:00:00Z",
-    "customer": {"id": "cus_1", "email": "ana@example.com", "locale": "es",
-                 "timezone": "America/Bogota", "country": "CO"},
+    "customer": {
+        "id": "cus_1",
+        "email": "ana@example.com",
+        "locale": "es",
+        "timezone": "America/Bogota",
+        "country": "CO",
+    },
     "invoice": {"id": "in_1", "amount_minor": 4900, "currency": "USD", "created_at": "2026-03-02T15:00:00Z"},
-    "payment_method": {"id": "pm_1", "gateway_token": "tok_sim_decline_insufficient_funds",
-                       "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030,
-                       "funding": "debit"},
+    "payment_method": {
+        "id": "pm_1",
+        "gateway_token": "tok_sim_decline_insufficient_funds",
+        "brand": "visa",
+        "last4": "4242",
+        "exp_month": 12,
+        "exp_year": 2030,
+        "funding": "debit",
+    },
     "decline": {"code": "insufficient_funds", "network_code": "51"},
 }
 
 
-def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "recobra.cli", *args], capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, "COLUMNS": "200", **(env or {})}, cwd=cwd, check=False,
+        [sys.executable, "-m", "recobra.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        cwd=cwd,
+        check=False,
     )
 
 
@@ -64,15 +81,21 @@ def test_policy_check_accepts_the_default_and_names_bad_fields(tmp_path: Path) -
     assert ok.returncode == 0, ok.stderr
     assert "valid" in ok.stdout
     bad = tmp_path / "bad.toml"
-    bad.write_text(default.read_text().replace('{ after = "3d" }', '{ after = "3 days" }')
-                   .replace('final_action = "cancel"', 'final_action = "delete"'))
+    bad.write_text(
+        default.read_text()
+        .replace('{ after = "3d" }', '{ after = "3 days" }')
+        .replace('final_action = "cancel"', 'final_action = "delete"')
+    )
     result = run("policy", "check", str(bad))
     assert result.returncode == 1
     assert "policies.standard.final_action" in result.stderr
     assert "policies.standard.steps[1].after" in result.stderr or "steps" in result.stderr
     offers = tmp_path / "offers.toml"
-    offers.write_text(default.read_text().replace('months = 2 }', 'months = 5 }')
-                      .replace('percent = 25, cycles = 3', 'percent = 25'))
+    offers.write_text(
+        default.read_text()
+        .replace("months = 2 }", "months = 5 }")
+        .replace("percent = 25, cycles = 3", "percent = 25")
+    )
     result = run("policy", "check", str(offers))
     assert result.returncode == 1
     assert "save_offers.not_using.months: a pause lasts 1 to 3 months, got 5" in result.stderr
@@ -83,12 +106,29 @@ def test_policy_check_accepts_the_default_and_names_bad_fields(tmp_path: Path) -
 
 
 def test_events_ingest_applies_all_or_nothing(db: str, tmp_path: Path) -> None:
-    bad_batch = [GOOD_EVENT, {**GOOD_EVENT, "id": "evt_2",
-                              "invoice": {"id": "in_2", "amount_minor": -5, "currency": "USD",
-                                          "created_at": "2026-03-02T15:00:00Z"}},
-                 {**GOOD_EVENT, "id": "evt_3",
-                  "invoice": {"id": "in_3", "amount_minor": 100, "currency": "XYZ",
-                              "created_at": "2026-03-02T15:00:00Z"}}]
+    bad_batch = [
+        GOOD_EVENT,
+        {
+            **GOOD_EVENT,
+            "id": "evt_2",
+            "invoice": {
+                "id": "in_2",
+                "amount_minor": -5,
+                "currency": "USD",
+                "created_at": "2026-03-02T15:00:00Z",
+            },
+        },
+        {
+            **GOOD_EVENT,
+            "id": "evt_3",
+            "invoice": {
+                "id": "in_3",
+                "amount_minor": 100,
+                "currency": "XYZ",
+                "created_at": "2026-03-02T15:00:00Z",
+            },
+        },
+    ]
     path = tmp_path / "events.json"
     path.write_text(json.dumps(bad_batch))
     result = run("events", "ingest", str(path), "--database-url", db)
@@ -153,8 +193,15 @@ def test_simulate_json_report(tmp_path: Path) -> None:
     result = run("simulate", "--customers", "300", "--days", "45", "--seed", "3", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    for key in ("invoices", "failed_invoices", "recovered_invoices", "recovery_rate",
-                "recovered_amount_minor", "attempts", "network_rule_adjustments"):
+    for key in (
+        "invoices",
+        "failed_invoices",
+        "recovered_invoices",
+        "recovery_rate",
+        "recovered_amount_minor",
+        "attempts",
+        "network_rule_adjustments",
+    ):
         assert key in report
     assert report["invoices"] > 200
     assert 0 < report["failed_invoices"] < report["invoices"]
@@ -178,8 +225,17 @@ def test_simulate_rejects_bad_policy_and_parameters(tmp_path: Path) -> None:
 
 
 def test_demo_runs_and_prints_the_report(tmp_path: Path) -> None:
-    result = run("demo", "--dir", str(tmp_path / "demo"), "--customers", "300", "--days", "40", "--no-serve",
-                 cwd=tmp_path)
+    result = run(
+        "demo",
+        "--dir",
+        str(tmp_path / "demo"),
+        "--customers",
+        "300",
+        "--days",
+        "40",
+        "--no-serve",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "Simulation report" in result.stdout
     assert "recovery rate" in result.stdout
@@ -191,7 +247,9 @@ def test_demo_runs_and_prints_the_report(tmp_path: Path) -> None:
 def test_worker_stops_cleanly_on_sigterm(db: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "recobra.cli", "worker", "--database-url", db, "--interval", "0.2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "RECOBRA_LINK_SECRET": "s" * 40},
     )
     try:
@@ -220,8 +278,17 @@ def test_an_operator_writes_off_a_case_once(db: str, tmp_path: Path) -> None:
     path = tmp_path / "events.json"
     path.write_text(json.dumps(GOOD_EVENT))
     assert run("events", "ingest", str(path), "--database-url", db).returncode == 0
-    done = run("cases", "write-off", "case_in_1", "--reason", "customer in bankruptcy",
-               "--operator", "ana", "--database-url", db)
+    done = run(
+        "cases",
+        "write-off",
+        "case_in_1",
+        "--reason",
+        "customer in bankruptcy",
+        "--operator",
+        "ana",
+        "--database-url",
+        db,
+    )
     assert done.returncode == 0, done.stderr
     shown = run("cases", "show", "case_in_1", "--database-url", db)
     assert "written_off" in shown.stdout
@@ -238,7 +305,11 @@ def test_the_worker_refuses_to_send_messages_without_a_link_secret(db: str) -> N
     env = {k: v for k, v in os.environ.items() if k != "RECOBRA_LINK_SECRET"}
     result = subprocess.run(
         [sys.executable, "-m", "recobra.cli", "worker", "--database-url", db],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
     )
     assert result.returncode == 2
     assert "RECOBRA_LINK_SECRET" in result.stderr
@@ -247,8 +318,9 @@ def test_the_worker_refuses_to_send_messages_without_a_link_secret(db: str) -> N
 
 def test_messages_preview_renders_spanish_email_to_a_file(tmp_path: Path) -> None:
     out = tmp_path / "p.html"
-    result = run("messages", "preview", "payment_failed", "--locale", "es", "--channel", "email",
-                 "--out", str(out))
+    result = run(
+        "messages", "preview", "payment_failed", "--locale", "es", "--channel", "email", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr
     assert "No pudimos" in result.stdout or "pago" in result.stdout
     html = out.read_text()

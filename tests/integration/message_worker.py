@@ -38,7 +38,10 @@ def main(argv: list[str]) -> int:
         )
         channels = {
             ChannelKind.EMAIL: SmtpEmailChannel(
-                "127.0.0.1", int(port), sender="Acme <billing@acme.test>", timeout=120.0,
+                "127.0.0.1",
+                int(port),
+                sender="Acme <billing@acme.test>",
+                timeout=120.0,
                 now=lambda: datetime(2025, 3, 3, tzinfo=UTC),
             ),
             ChannelKind.IN_APP: InAppChannel(),

@@ -124,8 +124,13 @@ class Account:
     def price(self, amount: int = 4900) -> str:
         product = self.client.v1.products.create({"name": "Pro"})
         plan = self.client.v1.plans.create(
-            {"amount": amount, "currency": "usd", "interval": "month", "product": product.id,
-             "nickname": "Pro"}
+            {
+                "amount": amount,
+                "currency": "usd",
+                "interval": "month",
+                "product": product.id,
+                "nickname": "Pro",
+            }
         )
         return str(plan.id)
 
@@ -151,4 +156,3 @@ def signed(
     body = payload if isinstance(payload, str) else json.dumps(payload)
     header = stripe.WebhookSignature.generate_signature_header(body, secret, timestamp)
     return body, {"Stripe-Signature": header, "Content-Type": "application/json"}
-

@@ -75,7 +75,12 @@ def dash(
     engine = engine_factory()
     holder: dict[str, Dash] = {}
     services = web_services(
-        store, engine, database_url, secret=SECRET, public_url=PUBLIC, clock=lambda: holder["d"].now,
+        store,
+        engine,
+        database_url,
+        secret=SECRET,
+        public_url=PUBLIC,
+        clock=lambda: holder["d"].now,
         company_name="Acme",
     )
     engine.handle(commands.payment_failed("1", decline_code="insufficient_funds", network_code="51"))

@@ -29,14 +29,18 @@ from recobra.policyversions import PolicyLibrary
 from recobra.store.sql import SqlStore
 
 # Version 2 of the test policy: retries on days 2, 4 and 8 instead of 1, 3 and 6.
-V2 = TEST_POLICY.replace('{ after = "1d" }, { after = "3d" }, { after = "6d" }', (
-    '{ after = "2d" }, { after = "4d" }, { after = "8d" }'
-)).replace('name = "integration"', 'name = "integration-v2"')
+V2 = TEST_POLICY.replace(
+    '{ after = "1d" }, { after = "3d" }, { after = "6d" }',
+    ('{ after = "2d" }, { after = "4d" }, { after = "8d" }'),
+).replace('name = "integration"', 'name = "integration-v2"')
 V3 = V2.replace("grace_days = 2", "grace_days = 3")
 
-BAD = TEST_POLICY.replace('{ after = "3d" }', '{ after = "xx" }').replace(
-    'default_policy = "standard"', 'default_policy = "gentle"'
-) + 'surprise = "yes"\n'
+BAD = (
+    TEST_POLICY.replace('{ after = "3d" }', '{ after = "xx" }').replace(
+        'default_policy = "standard"', 'default_policy = "gentle"'
+    )
+    + 'surprise = "yes"\n'
+)
 
 
 def library_on(store: SqlStore, *, max_age: float = 0.0) -> PolicyLibrary:
@@ -413,8 +417,11 @@ def test_messages_of_an_open_case_follow_its_version_and_the_active_benefits(
     library.store(v2, T0, created_by="test", activate=True)
     (message,) = db.rows("messages", kind="final_notice")
     composer = TemplateComposer(
-        Renderer(), LinkSigner("x" * 40, "https://pay.example.com"), library.active(),
-        Sender("Acme", "help@example.com"), source=library,
+        Renderer(),
+        LinkSigner("x" * 40, "https://pay.example.com"),
+        library.active(),
+        Sender("Acme", "help@example.com"),
+        source=library,
     )
     with store.unit_of_work() as uow:
         (bundle,) = uow.load_messages([message["id"]], T0)

@@ -150,8 +150,13 @@ def test_a_naive_time_in_the_batch_rejects_the_whole_batch(engine_factory, comma
     ],
 )
 def test_a_store_error_part_way_leaves_nothing_of_the_batch(
-    engine_factory, gateway: SimulatedGateway, store: SqlStore, commands: Commands, db: Db,
-    method: str, nth: int,
+    engine_factory,
+    gateway: SimulatedGateway,
+    store: SqlStore,
+    commands: Commands,
+    db: Db,
+    method: str,
+    nth: int,
 ):
     failing = FailingStore(store, method, nth)
     engine = engine_factory(store=failing)
@@ -167,7 +172,9 @@ def test_a_store_error_part_way_leaves_nothing_of_the_batch(
     engine_factory().handle_many(batch)
     assert db.count("processed_events") == len(batch)
     assert {c["id"]: c["status"] for c in db.rows("cases")} == {
-        "case_in_1": "paid_out_of_band", "case_in_2": "canceled", "case_in_3": "recovered",
+        "case_in_1": "paid_out_of_band",
+        "case_in_2": "canceled",
+        "case_in_3": "recovered",
         "case_in_4": "open",
     }
 
@@ -191,8 +198,12 @@ def test_a_database_constraint_violation_part_way_leaves_nothing_of_the_batch(
 def test_a_card_for_an_unknown_customer_is_ignored_not_fatal(engine_factory, commands: Commands, db: Db):
     engine = engine_factory()
     stranger = commands.payment_method_updated("stranger", at=T0 + timedelta(minutes=1))
-    batch = [commands.payment_failed("1"), commands.payment_failed("2"), stranger,
-             commands.payment_failed("3")]
+    batch = [
+        commands.payment_failed("1"),
+        commands.payment_failed("2"),
+        stranger,
+        commands.payment_failed("3"),
+    ]
 
     results = engine.handle_many(batch)
 
@@ -211,8 +222,10 @@ def test_a_gateway_failure_after_the_batch_committed_is_reconciled_later(
     broken = UnreachableGateway()
     engine = engine_factory(gateway=broken)
     updated_at = T0 + timedelta(hours=2)
-    batch = [commands.payment_failed("1", token="tok_sim_decline_do_not_honor"),
-             commands.payment_method_updated("1", at=updated_at, token="tok_sim_ok")]
+    batch = [
+        commands.payment_failed("1", token="tok_sim_decline_do_not_honor"),
+        commands.payment_method_updated("1", at=updated_at, token="tok_sim_ok"),
+    ]
 
     with pytest.raises(ConnectionError):
         engine.handle_many(batch)

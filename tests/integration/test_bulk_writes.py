@@ -124,8 +124,13 @@ def test_a_batch_of_cases_writes_the_same_rows_as_one_case_at_a_time(
 
 def test_a_naive_time_never_reaches_the_database(store: SqlStore) -> None:
     entry = OutboxEntry(
-        key="m:naive", customer_id="cus_1", case_id=None, kind=MessageKind.PAYMENT_REMINDER,
-        channel=ChannelKind.EMAIL, step="s", due_at=T0,
+        key="m:naive",
+        customer_id="cus_1",
+        case_id=None,
+        kind=MessageKind.PAYMENT_REMINDER,
+        channel=ChannelKind.EMAIL,
+        step="s",
+        due_at=T0,
     )
     naive = replace(entry, key="m:naive2")
     object.__setattr__(naive, "due_at", T0.replace(tzinfo=None))  # past the domain's own check

@@ -16,7 +16,10 @@ from recobra.store.sql import SqlStore
 
 
 def test_concurrent_batches_sharing_plans_all_land(
-    engine_factory: EngineFactory, store_factory, commands: Commands, db: Db  # type: ignore[no-untyped-def]
+    engine_factory: EngineFactory,
+    store_factory,
+    commands: Commands,
+    db: Db,  # type: ignore[no-untyped-def]
 ) -> None:
     plans = [Plan(f"plan-{i}", f"Plan {i}", Interval.MONTH, Money(1000 + i, "USD")) for i in range(6)]
     events: list[PaymentFailed] = []
@@ -24,11 +27,23 @@ def test_concurrent_batches_sharing_plans_all_land(
         event = commands.payment_failed(str(i), occurred_at=T0 + timedelta(minutes=i))
         assert event.subscription is not None
         sub = event.subscription.__class__(
-            event.subscription.id, event.subscription.customer_id, plans[i % len(plans)],
-            event.subscription.status, event.subscription.started_at,
+            event.subscription.id,
+            event.subscription.customer_id,
+            plans[i % len(plans)],
+            event.subscription.status,
+            event.subscription.started_at,
         )
-        events.append(PaymentFailed(event.event_id, event.occurred_at, event.customer, event.invoice,
-                                    event.payment_method, sub, event.decline_code))
+        events.append(
+            PaymentFailed(
+                event.event_id,
+                event.occurred_at,
+                event.customer,
+                event.invoice,
+                event.payment_method,
+                sub,
+                event.decline_code,
+            )
+        )
     batches = [events[i : i + 12] for i in range(0, len(events), 12)]
     rng = random.Random(7)
     for batch in batches:
@@ -57,7 +72,10 @@ def test_concurrent_batches_sharing_plans_all_land(
 
 
 def test_the_same_event_delivered_at_once_twice_is_applied_once(
-    engine_factory: EngineFactory, store_factory, commands: Commands, db: Db  # type: ignore[no-untyped-def]
+    engine_factory: EngineFactory,
+    store_factory,
+    commands: Commands,
+    db: Db,  # type: ignore[no-untyped-def]
 ) -> None:
     event = commands.payment_failed("1")
     results: list[bool] = []

@@ -37,20 +37,34 @@ def run_worker_until_charged(database_url: str, ledger: Path, tmp_path: Path) ->
     policy = tmp_path / "policy.toml"
     policy.write_text(TEST_POLICY, encoding="utf-8")
     out, err = tmp_path / "worker.out", tmp_path / "worker.err"
-    args = [sys.executable, str(WORKER_SCRIPT), database_url, str(ledger), str(policy),
-            DUE.isoformat(), "worker-doomed", "5"]
-    with (SimulatedGateway(seed=1, ledger_path=str(ledger)) as watcher,
-          out.open("wb") as stdout, err.open("wb") as stderr):
+    args = [
+        sys.executable,
+        str(WORKER_SCRIPT),
+        database_url,
+        str(ledger),
+        str(policy),
+        DUE.isoformat(),
+        "worker-doomed",
+        "5",
+    ]
+    with (
+        SimulatedGateway(seed=1, ledger_path=str(ledger)) as watcher,
+        out.open("wb") as stdout,
+        err.open("wb") as stderr,
+    ):
         proc = subprocess.Popen(args, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + WAIT_S
             while watcher.attempt_status(KEY).status is ChargeStatus.NOT_FOUND:
                 if proc.poll() is not None:
-                    pytest.fail(f"the worker exited ({proc.returncode}) before charging:\n"
-                                f"{_output(out)}\n{_output(err)}")
+                    pytest.fail(
+                        f"the worker exited ({proc.returncode}) before charging:\n"
+                        f"{_output(out)}\n{_output(err)}"
+                    )
                 if time.monotonic() > deadline:
-                    pytest.fail(f"no charge in the ledger after {WAIT_S:.0f}s:\n"
-                                f"{_output(out)}\n{_output(err)}")
+                    pytest.fail(
+                        f"no charge in the ledger after {WAIT_S:.0f}s:\n{_output(out)}\n{_output(err)}"
+                    )
                 time.sleep(0.02)
             proc.send_signal(signal.SIGKILL)
         finally:
@@ -61,10 +75,16 @@ def run_worker_until_charged(database_url: str, ledger: Path, tmp_path: Path) ->
     return proc.returncode
 
 
-@pytest.mark.parametrize(("token", "status"), [("tok_sim_ok", "succeeded"),
-                                               ("tok_sim_decline_do_not_honor", "failed")])
+@pytest.mark.parametrize(
+    ("token", "status"), [("tok_sim_ok", "succeeded"), ("tok_sim_decline_do_not_honor", "failed")]
+)
 def test_worker_killed_after_the_gateway_charged_is_reconciled_without_a_second_charge(
-    database_url: str, engine_factory, commands: Commands, db: Db, tmp_path: Path, token: str,
+    database_url: str,
+    engine_factory,
+    commands: Commands,
+    db: Db,
+    tmp_path: Path,
+    token: str,
     status: str,
 ):
     engine_factory().handle(commands.payment_failed("1", token=token))

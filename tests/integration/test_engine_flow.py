@@ -101,8 +101,11 @@ def test_tick_charges_at_the_due_time_with_the_attempt_key(
 def test_new_payment_method_retries_at_once_outside_the_budget_and_recovers(
     engine: Engine, gateway: SimulatedGateway, commands: Commands, db: Db
 ):
-    engine.handle(commands.payment_failed("1", token="tok_sim_decline_insufficient_funds",
-                                          decline_code="insufficient_funds"))
+    engine.handle(
+        commands.payment_failed(
+            "1", token="tok_sim_decline_insufficient_funds", decline_code="insufficient_funds"
+        )
+    )
     engine.tick(T0 + DAY)
     before = db.case(CASE)
     assert (before["attempts"], before["budget_used"]) == (1, 1)
@@ -143,8 +146,9 @@ def test_new_payment_method_retries_at_once_outside_the_budget_and_recovers(
 def test_hard_decline_is_never_retried_and_gets_the_final_action(
     engine: Engine, gateway: SimulatedGateway, commands: Commands, db: Db
 ):
-    engine.handle(commands.payment_failed("1", token="tok_sim_decline_expired_card",
-                                          decline_code="expired_card"))
+    engine.handle(
+        commands.payment_failed("1", token="tok_sim_decline_expired_card", decline_code="expired_card")
+    )
 
     case = db.check_case(CASE)
     assert case["status"] == "exhausted"
@@ -182,8 +186,9 @@ def test_hard_decline_on_a_retry_stops_retrying(
     engine: Engine, gateway: SimulatedGateway, commands: Commands, db: Db
 ):
     # The billing run saw a soft decline; Recobra's first retry learns the card expired.
-    engine.handle(commands.payment_failed("1", token="tok_sim_decline_expired_card",
-                                          decline_code="do_not_honor"))
+    engine.handle(
+        commands.payment_failed("1", token="tok_sim_decline_expired_card", decline_code="do_not_honor")
+    )
     engine.tick(T0 + DAY)
 
     case = db.check_case(CASE)
@@ -269,7 +274,8 @@ def test_duplicate_events_within_one_batch_are_ignored(engine: Engine, commands:
     again = engine.handle_many([a, b, cancel])
     assert all(r.duplicate for r in again)
     assert db.count("case_events") == len(db.events(Commands.case_id("1"))) + len(
-        db.events(Commands.case_id("2")))
+        db.events(Commands.case_id("2"))
+    )
 
 
 def test_subscription_canceled_closes_the_active_case(
@@ -340,12 +346,11 @@ def test_events_for_a_closed_or_unknown_invoice_change_no_case(engine: Engine, c
     assert db.count("cases") == 1
 
 
-def test_second_failure_of_the_same_invoice_opens_no_second_case(
-    engine: Engine, commands: Commands, db: Db
-):
+def test_second_failure_of_the_same_invoice_opens_no_second_case(engine: Engine, commands: Commands, db: Db):
     engine.handle(commands.payment_failed("1"))
-    later = commands.payment_failed("1", occurred_at=T0 + timedelta(hours=6),
-                                    decline_code="insufficient_funds")
+    later = commands.payment_failed(
+        "1", occurred_at=T0 + timedelta(hours=6), decline_code="insufficient_funds"
+    )
 
     result = engine.handle(later)
 
@@ -394,8 +399,7 @@ def test_many_cases_in_one_batch_keep_their_counters(
 ):
     """Bulk paths: a batch of failures, ticks over mixed outcomes, every case consistent."""
     n = 40
-    tokens = ["tok_sim_ok", "tok_sim_decline_do_not_honor", "tok_sim_decline_expired_card",
-              "tok_sim_error"]
+    tokens = ["tok_sim_ok", "tok_sim_decline_do_not_honor", "tok_sim_decline_expired_card", "tok_sim_error"]
     engine.handle_many([commands.payment_failed(str(i), token=tokens[i % 4]) for i in range(n)])
     for day in (1, 3, 6, 12):
         engine.tick(T0 + day * DAY + timedelta(hours=1))
@@ -432,8 +436,9 @@ def test_the_same_failed_charge_reported_twice_is_recorded_once(engine: Engine, 
     """Two events (say ``invoice.payment_failed`` and ``charge.failed``) for one failed
     charge carry the same gateway reference under different event ids."""
     first = commands.payment_failed("1", gateway_reference="ch_failed_1")
-    echo = commands.payment_failed("1", gateway_reference="ch_failed_1",
-                                   occurred_at=T0 + timedelta(seconds=2))
+    echo = commands.payment_failed(
+        "1", gateway_reference="ch_failed_1", occurred_at=T0 + timedelta(seconds=2)
+    )
 
     engine.handle(first)
     engine.handle(echo)
@@ -484,8 +489,9 @@ def test_final_action_failing_at_the_gateway_is_tried_again_an_hour_later(
 def test_new_card_on_an_exhausted_case_reopens_it_when_its_decline_is_retryable(
     engine: Engine, gateway: SimulatedGateway, commands: Commands, db: Db
 ):
-    engine.handle(commands.payment_failed("1", token="tok_sim_decline_expired_card",
-                                          decline_code="expired_card"))
+    engine.handle(
+        commands.payment_failed("1", token="tok_sim_decline_expired_card", decline_code="expired_card")
+    )
     assert db.case(CASE)["status"] == "exhausted"
     at = T0 + timedelta(hours=2)
 
@@ -496,8 +502,7 @@ def test_new_card_on_an_exhausted_case_reopens_it_when_its_decline_is_retryable(
     assert case["status"] == "open"
     assert (case["attempts"], case["budget_used"]) == (1, 0)
     assert (case["next_action"], case["next_action_at"]) == ("retry", T0 + DAY)
-    assert [e["to_status"] for e in db.events(CASE) if e["kind"] == "status_changed"] == [
-        "exhausted", "open"]
+    assert [e["to_status"] for e in db.events(CASE) if e["kind"] == "status_changed"] == ["exhausted", "open"]
 
 
 def test_times_in_any_zone_are_the_same_instants(engine: Engine, commands: Commands, db: Db):

@@ -49,7 +49,12 @@ def page(
     engine = engine_factory()
     holder: dict[str, Page] = {}
     services = web_services(
-        store, engine, database_url, secret=SECRET, public_url=PUBLIC, clock=lambda: holder["p"].now,
+        store,
+        engine,
+        database_url,
+        secret=SECRET,
+        public_url=PUBLIC,
+        clock=lambda: holder["p"].now,
         company_name="Acme",
     )
     engine.handle(commands.payment_failed("1", decline_code="insufficient_funds", network_code="51"))
@@ -184,8 +189,11 @@ def test_one_click_unsubscribe_stops_reminders_but_not_confirmations(page: Page)
     assert shown.status_code == 200
     assert "Unsubscribe" in shown.text
     # RFC 8058: the mail client POSTs "List-Unsubscribe=One-Click" with no confirmation.
-    done = page.client.post(f"/p/unsubscribe/{token}", content="List-Unsubscribe=One-Click",
-                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    done = page.client.post(
+        f"/p/unsubscribe/{token}",
+        content="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert done.status_code == 200
     assert "You are unsubscribed" in done.text
     prefs = page.db.rows("contact_preferences")

@@ -54,16 +54,23 @@ class CardPage:
         )
         plan = Plan(id="plan_year", name="Pro anual", interval=Interval.YEAR, price=Money(19900, "USD"))
         sub = Subscription(
-            id=f"sub_{key}", customer_id=customer.id, plan=plan, status=SubscriptionStatus.ACTIVE,
-            started_at=T0 - timedelta(days=300), renews_at=T0 + timedelta(days=200),
+            id=f"sub_{key}",
+            customer_id=customer.id,
+            plan=plan,
+            status=SubscriptionStatus.ACTIVE,
+            started_at=T0 - timedelta(days=300),
+            renews_at=T0 + timedelta(days=200),
         )
         card = PaymentMethod(
-            id=f"pm_{key}", customer_id=customer.id, gateway_token="tok_sim_ok", brand="visa",
-            last4="4242", exp_month=4, exp_year=2025,
+            id=f"pm_{key}",
+            customer_id=customer.id,
+            gateway_token="tok_sim_ok",
+            brand="visa",
+            last4="4242",
+            exp_month=4,
+            exp_year=2025,
         )
-        self.services.engine.handle(
-            SubscriptionUpdated(self.commands.event_id(), T0, customer, sub, card)
-        )
+        self.services.engine.handle(SubscriptionUpdated(self.commands.event_id(), T0, customer, sub, card))
 
     def reminder_link(self, customer_id: str = "cus_2") -> str:
         """The update-payment link of the customer's card_expiring email, as the
@@ -102,7 +109,12 @@ def page(
     engine = engine_factory(POLICY)
     holder: dict[str, CardPage] = {}
     services = web_services(
-        store, engine, database_url, secret=SECRET, public_url=PUBLIC, clock=lambda: holder["p"].now,
+        store,
+        engine,
+        database_url,
+        secret=SECRET,
+        public_url=PUBLIC,
+        clock=lambda: holder["p"].now,
         company_name="Acme",
     )
     with TestClient(create_app(services), base_url=PUBLIC) as client:

@@ -76,8 +76,14 @@ def journey(
     engine = engine_factory(POLICY)
     holder: dict[str, Journey] = {}
     services = web_services(
-        store, engine, database_url, secret=SECRET, public_url=PUBLIC, clock=lambda: holder["j"].now,
-        company_name="Acme", support_email="help@acme.example",
+        store,
+        engine,
+        database_url,
+        secret=SECRET,
+        public_url=PUBLIC,
+        clock=lambda: holder["j"].now,
+        company_name="Acme",
+        support_email="help@acme.example",
     )
     # A customer in dunning (an open case), and a cheaper plan known from another customer.
     engine.handle(commands.payment_failed("1", decline_code="insufficient_funds", network_code="51"))

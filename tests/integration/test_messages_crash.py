@@ -115,7 +115,12 @@ def _output(path: Path) -> str:
 
 
 def kill_worker_while_sending(
-    database_url: str, tmp_path: Path, handler: HoldingSink, port: int, now: datetime, batch_size: int,
+    database_url: str,
+    tmp_path: Path,
+    handler: HoldingSink,
+    port: int,
+    now: datetime,
+    batch_size: int,
     check: Callable[[], None] | None = None,
 ) -> int:
     """Start a worker dispatching at ``now``; once the SMTP server holds its first message,
@@ -124,19 +129,30 @@ def kill_worker_while_sending(
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY, encoding="utf-8")
     out, err = tmp_path / "worker.out", tmp_path / "worker.err"
-    args = [sys.executable, str(WORKER_SCRIPT), database_url, str(policy), now.isoformat(),
-            "worker-doomed", str(port), str(batch_size)]
+    args = [
+        sys.executable,
+        str(WORKER_SCRIPT),
+        database_url,
+        str(policy),
+        now.isoformat(),
+        "worker-doomed",
+        str(port),
+        str(batch_size),
+    ]
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(args, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + WAIT_S
             while not handler.holding.wait(timeout=0.05):
                 if proc.poll() is not None:
-                    pytest.fail(f"the worker exited ({proc.returncode}) before sending:\n"
-                                f"{_output(out)}\n{_output(err)}")
+                    pytest.fail(
+                        f"the worker exited ({proc.returncode}) before sending:\n"
+                        f"{_output(out)}\n{_output(err)}"
+                    )
                 if time.monotonic() > deadline:
-                    pytest.fail(f"no message at the SMTP server after {WAIT_S:.0f}s:\n"
-                                f"{_output(out)}\n{_output(err)}")
+                    pytest.fail(
+                        f"no message at the SMTP server after {WAIT_S:.0f}s:\n{_output(out)}\n{_output(err)}"
+                    )
             if check is not None:
                 check()
             proc.send_signal(signal.SIGKILL)
@@ -151,8 +167,10 @@ def kill_worker_while_sending(
 def fresh_messenger(store: SqlStore) -> Messenger:
     policies = parse_policy(POLICY).policies
     composer = TemplateComposer(
-        Renderer(), LinkSigner("fresh-worker-link-secret-0123456789abcdef", "https://pay.example.com"),
-        policies, Sender("Acme", "help@acme.test"),
+        Renderer(),
+        LinkSigner("fresh-worker-link-secret-0123456789abcdef", "https://pay.example.com"),
+        policies,
+        Sender("Acme", "help@acme.test"),
     )
     return Messenger(store, {ChannelKind.IN_APP: InAppChannel()}, composer, worker_id="worker-fresh")
 
@@ -165,7 +183,12 @@ def with_email(messenger: Messenger, port: int) -> Messenger:
 
 
 def test_a_worker_killed_while_sending_leaves_the_message_unknown_and_it_is_never_resent(
-    database_url: str, engine_factory, commands: Commands, db: Db, store: SqlStore, tmp_path: Path,
+    database_url: str,
+    engine_factory,
+    commands: Commands,
+    db: Db,
+    store: SqlStore,
+    tmp_path: Path,
     sink: tuple[HoldingSink, int],
 ):
     handler, port = sink
@@ -211,7 +234,12 @@ def test_a_worker_killed_while_sending_leaves_the_message_unknown_and_it_is_neve
 
 
 def test_messages_the_killed_worker_had_not_claimed_are_sent_by_the_next(
-    database_url: str, engine_factory, commands: Commands, db: Db, store: SqlStore, tmp_path: Path,
+    database_url: str,
+    engine_factory,
+    commands: Commands,
+    db: Db,
+    store: SqlStore,
+    tmp_path: Path,
     sink: tuple[HoldingSink, int],
 ):
     handler, port = sink

@@ -20,8 +20,9 @@ def _schema(engine: Engine) -> dict[str, Any]:
         name: {
             "columns": [(c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(name)],
             "indexes": sorted((i["name"] or "", tuple(i["column_names"])) for i in insp.get_indexes(name)),
-            "unique": sorted((u["name"] or "", tuple(u["column_names"]))
-                             for u in insp.get_unique_constraints(name)),
+            "unique": sorted(
+                (u["name"] or "", tuple(u["column_names"])) for u in insp.get_unique_constraints(name)
+            ),
             "fks": sorted((f["name"] or "", f["referred_table"]) for f in insp.get_foreign_keys(name)),
         }
         for name in sorted(insp.get_table_names())
@@ -53,8 +54,12 @@ def test_upgrade_twice_is_a_no_op(empty_database_url: str):
     try:
         first = upgrade(engine)
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO processed_events (event_id, kind, occurred_at) "
-                              "VALUES ('evt_keep', 'PaymentFailed', '2025-03-03 12:00:00')"))
+            conn.execute(
+                text(
+                    "INSERT INTO processed_events (event_id, kind, occurred_at) "
+                    "VALUES ('evt_keep', 'PaymentFailed', '2025-03-03 12:00:00')"
+                )
+            )
         before = _schema(engine)
 
         second = upgrade(engine)
@@ -74,8 +79,8 @@ def test_migrations_and_models_agree(empty_database_url: str):
         upgrade(engine)
         with engine.connect() as conn:
             context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "compare_server_default": True,
-                            "render_as_batch": True})
+                conn, opts={"compare_type": True, "compare_server_default": True, "render_as_batch": True}
+            )
             diff = compare_metadata(context, Base.metadata)
             # The comparison is not vacuous: a table the migrations lack is reported.
             extra = MetaData(naming_convention=Base.metadata.naming_convention)

@@ -79,13 +79,20 @@ class StripeApp:
 
 @pytest.fixture
 def app(
-    store: SqlStore, engine_factory: EngineFactory, db: Db, database_url: str, localstripe_url: str,
+    store: SqlStore,
+    engine_factory: EngineFactory,
+    db: Db,
+    database_url: str,
+    localstripe_url: str,
     account: Account,
 ) -> Iterator[StripeApp]:
     gateway = StripeGateway(StripeSettings.from_mapping(settings_for(localstripe_url)))
     engine = engine_factory(gateway=gateway)
     settings = Settings(
-        database_url=database_url, link_secret=LINK_SECRET, public_url=PUBLIC, gateway="stripe",
+        database_url=database_url,
+        link_secret=LINK_SECRET,
+        public_url=PUBLIC,
+        gateway="stripe",
         gateway_settings=settings_for(localstripe_url),
     )
     services = Services(settings=settings, store=store, engine=engine, links=LinkSigner(LINK_SECRET, PUBLIC))
@@ -299,8 +306,10 @@ def test_tampered_badly_signed_stale_and_unsigned_payloads_are_refused(app: Stri
     [
         ("{not json", "not JSON"),
         ('{"object": "invoice", "id": "in_1"}', "not a Stripe event"),
-        ('{"object": "event", "id": "evt_1", "type": "invoice.paid", "created": "yesterday", "data": {}}',
-         "created: Unix seconds are required; data.object: an object is required"),
+        (
+            '{"object": "event", "id": "evt_1", "type": "invoice.paid", "created": "yesterday", "data": {}}',
+            "created: Unix seconds are required; data.object: an object is required",
+        ),
     ],
 )
 def test_bad_payloads_get_a_400_that_names_the_problem(app: StripeApp, body: str, problem: str) -> None:
@@ -383,7 +392,9 @@ def test_webhooks_are_not_served_without_stripe(
 ) -> None:
     services = Services(
         settings=Settings(database_url=database_url, link_secret=LINK_SECRET),
-        store=store, engine=engine_factory(), links=LinkSigner(LINK_SECRET, PUBLIC),
+        store=store,
+        engine=engine_factory(),
+        links=LinkSigner(LINK_SECRET, PUBLIC),
     )
     body, headers = signed({"id": "evt_1"})
     with TestClient(create_app(services)) as client:
@@ -520,8 +531,14 @@ def _known_customer(app: StripeApp) -> str:
     customer = app.account.customer("lia@example.com", locale="en")
     app.account.card(customer, CARD_OK)
     sub = app.account.subscription(customer, app.account.price(12000))
-    upcoming = {"id": f"upcoming_{sub['id']}", "object": "invoice", "customer": customer,
-                "subscription": sub["id"], "amount_due": 12000, "currency": "usd"}
+    upcoming = {
+        "id": f"upcoming_{sub['id']}",
+        "object": "invoice",
+        "customer": customer,
+        "subscription": sub["id"],
+        "amount_due": 12000,
+        "currency": "usd",
+    }
     app.send(app.event("invoice.upcoming", upcoming))
     assert app.db.rows("customers", id=customer)
     return customer
@@ -601,7 +618,9 @@ def test_an_event_whose_processing_failed_is_processed_by_the_worker(
     # The service answering the webhook cannot reach Stripe right now.
     offline = StripeGateway(StripeSettings.from_mapping(settings_for("http://127.0.0.1:9")))
     services = Services(
-        settings=app.services.settings, store=store, engine=engine_factory(gateway=offline),
+        settings=app.services.settings,
+        store=store,
+        engine=engine_factory(gateway=offline),
         links=LinkSigner(LINK_SECRET, PUBLIC),
     )
     event = app.event("invoice.payment_failed", invoice, created=invoice["created"], eid="evt_w")
@@ -623,8 +642,13 @@ def test_an_event_whose_processing_failed_is_processed_by_the_worker(
 def test_an_invoice_marked_uncollectible_in_stripe_writes_the_case_off(app: StripeApp) -> None:
     _customer, invoice, case_id = _open_case(app)
 
-    app.send(app.event("invoice.marked_uncollectible", {**invoice, "status": "uncollectible"},
-                       created=invoice["created"] + 5))
+    app.send(
+        app.event(
+            "invoice.marked_uncollectible",
+            {**invoice, "status": "uncollectible"},
+            created=invoice["created"] + 5,
+        )
+    )
 
     case = app.db.case(case_id)
     assert case["status"] == "written_off"
@@ -648,8 +672,14 @@ def test_an_upcoming_renewal_plans_the_subscription_again(app: StripeApp) -> Non
     customer = app.account.customer("olga@example.com", locale="en")
     app.account.card(customer, CARD_OK)
     sub = app.account.subscription(customer, app.account.price(12000))
-    upcoming = {"id": f"upcoming_{sub['id']}", "object": "invoice", "customer": customer,
-                "subscription": sub["id"], "amount_due": 12000, "currency": "usd"}
+    upcoming = {
+        "id": f"upcoming_{sub['id']}",
+        "object": "invoice",
+        "customer": customer,
+        "subscription": sub["id"],
+        "amount_due": 12000,
+        "currency": "usd",
+    }
 
     app.send(app.event("invoice.upcoming", upcoming))
 
@@ -673,18 +703,19 @@ def test_a_failure_of_a_customer_without_email_is_marked_invalid_not_retried(app
     assert process_pending(app.services.engine, datetime.now(UTC)).invalid == 0  # not picked up again
 
 
-EXPIRY_POLICY = TEST_POLICY + """
+EXPIRY_POLICY = (
+    TEST_POLICY
+    + """
 [[campaigns]]
 name = "card-expiring"
 kind = "card_expiring"
 before = ["30d", "7d"]
 channels = ["email"]
 """
+)
 
 
-def test_an_expiring_card_plans_the_expiry_reminders(
-    app: StripeApp, engine_factory: EngineFactory
-) -> None:
+def test_an_expiring_card_plans_the_expiry_reminders(app: StripeApp, engine_factory: EngineFactory) -> None:
     app.services.engine = engine_factory(EXPIRY_POLICY, gateway=app.gateway)
     customer = app.account.customer("pia@example.com")
     app.account.card(customer, CARD_OK)

@@ -47,7 +47,11 @@ def _import(engine_factory: EngineFactory, url: str, **kwargs: object) -> Stripe
     gateway = StripeGateway(StripeSettings.from_mapping(settings_for(url)))
     engine = engine_factory(gateway=gateway)
     return StripeImport(
-        engine, gateway.settings, gateway.client, now=lambda: datetime.now(UTC), **kwargs  # type: ignore[arg-type]
+        engine,
+        gateway.settings,
+        gateway.client,
+        now=lambda: datetime.now(UTC),
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -99,13 +103,18 @@ def test_an_interrupted_import_resumes_where_it_stopped(
     assert db.count("customers") == 3
     assert db.count("cases") == 1
     assert {r["resource"]: r["imported"] for r in db.rows("stripe_import_cursors")} == {
-        "customers": 4, "subscriptions": 3,
+        "customers": 4,
+        "subscriptions": 3,
     }
 
 
 def test_the_command_imports_with_a_progress_bar(
-    fresh_account: Account, localstripe_url: str, database_url: str, store: SqlStore,
-    monkeypatch: pytest.MonkeyPatch, db: Db,
+    fresh_account: Account,
+    localstripe_url: str,
+    database_url: str,
+    store: SqlStore,
+    monkeypatch: pytest.MonkeyPatch,
+    db: Db,
 ) -> None:
     monkeypatch.setenv("RECOBRA_DATABASE_URL", database_url)
     monkeypatch.setenv("RECOBRA_GATEWAY", "stripe")

@@ -55,19 +55,32 @@ def _wait_for(url: str, case_id: str, status: str, log: Path) -> None:
 @pytest.fixture
 def served(tmp_path: Path, localstripe_url: str) -> Iterator[tuple[str, str, Path]]:
     database = f"sqlite:///{tmp_path / 'recobra.db'}"
-    env = {**os.environ, "RECOBRA_LINK_SECRET": "s" * 40, "RECOBRA_POLL_INTERVAL_S": "0.5",
-           "RECOBRA_DATABASE_URL": database, "RECOBRA_GATEWAY": "stripe"}
+    env = {
+        **os.environ,
+        "RECOBRA_LINK_SECRET": "s" * 40,
+        "RECOBRA_POLL_INTERVAL_S": "0.5",
+        "RECOBRA_DATABASE_URL": database,
+        "RECOBRA_GATEWAY": "stripe",
+    }
     for key, value in settings_for(localstripe_url).items():
         env[f"RECOBRA_GATEWAY_SETTING_{key.upper()}"] = value
-    init = subprocess.run([sys.executable, "-m", "recobra.cli", "init"], env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    init = subprocess.run(
+        [sys.executable, "-m", "recobra.cli", "init"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert init.returncode == 0, init.stderr
     port = _port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "recobra.cli", "serve", "--port", str(port), "--with-worker"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -97,8 +110,12 @@ def test_stripe_s_own_deliveries_close_the_case(
     # The fake delivers to the served endpoint, signing with the endpoint's secret.
     httpx.post(
         f"{localstripe_url}/_config/webhooks/recobra",
-        data={"url": f"{base}/webhooks/stripe", "secret": WEBHOOK_SECRET,
-              "events[0]": "invoice.payment_succeeded", "events[1]": "customer.subscription.deleted"},
+        data={
+            "url": f"{base}/webhooks/stripe",
+            "secret": WEBHOOK_SECRET,
+            "events[0]": "invoice.payment_succeeded",
+            "events[1]": "customer.subscription.deleted",
+        },
         headers={"Authorization": f"Bearer {SECRET_KEY}"},
     ).raise_for_status()
     customer = account.customer()
@@ -107,8 +124,13 @@ def test_stripe_s_own_deliveries_close_the_case(
     invoice = account.client.v1.invoices.retrieve(sub["latest_invoice"]).to_dict()
     # The fake does not send invoice.payment_failed for a subscription's invoice:
     # send it as Stripe would, signed with the SDK.
-    event = {"id": f"evt_failed_{invoice['id']}", "object": "event", "type": "invoice.payment_failed",
-             "created": invoice["created"], "data": {"object": invoice}}
+    event = {
+        "id": f"evt_failed_{invoice['id']}",
+        "object": "event",
+        "type": "invoice.payment_failed",
+        "created": invoice["created"],
+        "data": {"object": invoice},
+    }
     body, headers = stripe_support.signed(event)
     assert httpx.post(f"{base}/webhooks/stripe", content=body, headers=headers).status_code == 200
     case_id = f"case_{invoice['id']}"

@@ -78,12 +78,17 @@ def test_two_workers_ticking_at_once_process_every_case_once(
     n = 200
     # Model tokens: the simulated gateway decides each retry (mixed outcomes).
     engine_factory().handle_many(
-        [commands.payment_failed(str(i), token=f"tok_card_{i}", brand=("amex", "discover")[i % 2])
-         for i in range(n)])
+        [
+            commands.payment_failed(str(i), token=f"tok_card_{i}", brand=("amex", "discover")[i % 2])
+            for i in range(n)
+        ]
+    )
     now = T0 + DAY + timedelta(hours=1)
     with SimulatedGateway(seed=1, latency_s=0.001) as gateway:
-        workers = [engine_factory(gateway=gateway, worker_id=f"worker-{w}", store=store_factory(),
-                                  batch_size=20) for w in (1, 2)]
+        workers = [
+            engine_factory(gateway=gateway, worker_id=f"worker-{w}", store=store_factory(), batch_size=20)
+            for w in (1, 2)
+        ]
         start = threading.Barrier(len(workers), timeout=WAIT_S)
 
         def run(index: int) -> TickReport:
@@ -239,12 +244,14 @@ def test_a_cancellation_during_a_tick_is_not_undone_by_the_worker(
     events.handle(commands.payment_failed("1", token="tok_sim_decline_do_not_honor"))
     canceled_at = T0 + DAY + timedelta(seconds=30)
 
-    _tick_with_event_in_between(engine_factory, store_factory, gateway, events,
-                                commands.subscription_canceled("1", at=canceled_at))
+    _tick_with_event_in_between(
+        engine_factory, store_factory, gateway, events, commands.subscription_canceled("1", at=canceled_at)
+    )
 
     case = db.case(CASE)
     assert case["status"] == "canceled", (
-        "the worker's save overwrote the cancellation made while it waited for the gateway")
+        "the worker's save overwrote the cancellation made while it waited for the gateway"
+    )
     assert case["next_action"] is None
     events.tick(T0 + 30 * DAY)
     assert len(gateway.charges()) == 1  # a canceled subscription is never charged again
@@ -258,12 +265,18 @@ def test_a_new_card_given_during_a_tick_is_not_lost(
     events.handle(commands.payment_failed("1", token="tok_sim_decline_do_not_honor"))
     updated_at = T0 + DAY + timedelta(seconds=30)
 
-    _tick_with_event_in_between(engine_factory, store_factory, gateway, events,
-                                commands.payment_method_updated("1", at=updated_at, token="tok_sim_ok"))
+    _tick_with_event_in_between(
+        engine_factory,
+        store_factory,
+        gateway,
+        events,
+        commands.payment_method_updated("1", at=updated_at, token="tok_sim_ok"),
+    )
 
     case = db.case(CASE)
     assert case["payment_method_id"] == "pm_1_new", (
-        "the worker's save put the old card back over the one given while it waited for the gateway")
+        "the worker's save put the old card back over the one given while it waited for the gateway"
+    )
     # The immediate retry the new card asked for happens on the next tick at the latest.
     events.tick(T0 + DAY + timedelta(minutes=1))
     case = db.check_case(CASE)

@@ -110,9 +110,7 @@ def test_every_terminal_state_can_be_reached_from_exhausted() -> None:
 
 
 @pytest.mark.parametrize(("source", "target"), CLOSING, ids=[f"{a}->{b}" for a, b in CLOSING])
-def test_terminal_states_clear_next_action_and_set_closed_at(
-    source: CaseStatus, target: CaseStatus
-) -> None:
+def test_terminal_states_clear_next_action_and_set_closed_at(source: CaseStatus, target: CaseStatus) -> None:
     case = make_case(source)
     case.schedule(NextAction.RETRY, T0 + timedelta(days=1), "step 1")
     at = T0 + timedelta(days=3)
@@ -124,10 +122,13 @@ def test_terminal_states_clear_next_action_and_set_closed_at(
     assert not case.is_active
 
 
-@pytest.mark.parametrize(("source", "target"), [
-    (CaseStatus.OPEN, CaseStatus.EXHAUSTED),
-    (CaseStatus.EXHAUSTED, CaseStatus.OPEN),
-])
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        (CaseStatus.OPEN, CaseStatus.EXHAUSTED),
+        (CaseStatus.EXHAUSTED, CaseStatus.OPEN),
+    ],
+)
 def test_moves_between_active_states_keep_the_case_open(source: CaseStatus, target: CaseStatus) -> None:
     case = make_case(source)
     case.schedule(NextAction.FINAL_ACTION, T0 + timedelta(days=28), "grace period over")
@@ -213,7 +214,10 @@ def test_schedule_and_clear() -> None:
     case = make_case()
     case.schedule(NextAction.RETRY_NOW, T0, "new card")
     assert (case.next_action, case.next_action_at, case.next_action_reason) == (
-        NextAction.RETRY_NOW, T0, "new card")
+        NextAction.RETRY_NOW,
+        T0,
+        "new card",
+    )
     case.clear_next_action()
     assert (case.next_action, case.next_action_at, case.next_action_reason) == (None, None, "")
 

@@ -25,7 +25,10 @@ from recobra.domain.messages import (
 RULES = DeliveryRules()  # quiet 21:00-08:00, 2 a day, 5 a week
 NOON = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)  # a Monday
 EVERYONE = Reachability(
-    email="ana@example.com", phone="+34600000000", push_subscriptions=1, sms_consent=True,
+    email="ana@example.com",
+    phone="+34600000000",
+    push_subscriptions=1,
+    sms_consent=True,
     voice_consent=True,
 )
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
@@ -55,8 +58,11 @@ def decide(
         (Reachability(sms_consent=True), ChannelKind.SMS, (False, "no phone number")),
         (Reachability(phone="+1555"), ChannelKind.SMS, (False, "no consent for SMS")),
         (Reachability(phone="+1555", sms_consent=True), ChannelKind.SMS, (True, "no consent for SMS")),
-        (Reachability(phone="+1555", sms_consent=True, sms_stopped=True), ChannelKind.SMS,
-         (False, "the customer replied STOP")),
+        (
+            Reachability(phone="+1555", sms_consent=True, sms_stopped=True),
+            ChannelKind.SMS,
+            (False, "the customer replied STOP"),
+        ),
         (Reachability(voice_consent=True), ChannelKind.VOICE, (False, "no phone number")),
         (Reachability(phone="+1555", sms_consent=True), ChannelKind.VOICE, (False, "no consent for calls")),
         (Reachability(phone="+1555", voice_consent=True), ChannelKind.VOICE, (True, "no consent for calls")),
@@ -94,8 +100,9 @@ def test_win_back_needs_the_opt_in_even_for_a_suppressed_customer():
     assert decide(MessageKind.WIN_BACK, reach=opted_in).send
 
 
-@pytest.mark.parametrize("kind", sorted(set(MessageKind) - {MessageKind.SUBSCRIPTION_CANCELED,
-                                                            MessageKind.WIN_BACK}))
+@pytest.mark.parametrize(
+    "kind", sorted(set(MessageKind) - {MessageKind.SUBSCRIPTION_CANCELED, MessageKind.WIN_BACK})
+)
 def test_a_suppressed_customer_gets_nothing_but_the_cancellation_confirmation(kind: MessageKind):
     reach = Reachability(email="a@example.com", suppressed=True, win_back_opt_in=True)
     verdict = decide(kind, reach=reach)
@@ -176,9 +183,7 @@ def test_equal_start_and_end_means_no_quiet_hours():
 )
 def test_quiet_hours_defer_to_the_local_end_of_quiet_hours(now: datetime, timezone: str, until: datetime):
     verdict = decide(now=now, timezone=timezone)
-    assert verdict == Verdict(
-        ChannelKind.EMAIL, until, f"quiet hours in {timezone}: waits until 08:00 local"
-    )
+    assert verdict == Verdict(ChannelKind.EMAIL, until, f"quiet hours in {timezone}: waits until 08:00 local")
     assert end_of_quiet_hours(now, ZoneInfo(timezone), RULES) == until
     assert until.astimezone(ZoneInfo(timezone)).hour == 8
 
@@ -283,9 +288,20 @@ def test_rules_are_validated(kwargs: dict[str, int], message: str):
 # --------------------------------------------------------------------------- properties
 
 ZONES = [
-    "UTC", "Europe/Madrid", "Europe/London", "America/New_York", "America/Mexico_City",
-    "America/Santiago", "America/Sao_Paulo", "America/Havana", "Asia/Kolkata", "Asia/Kathmandu",
-    "Australia/Lord_Howe", "Pacific/Chatham", "Pacific/Apia", "America/St_Johns",
+    "UTC",
+    "Europe/Madrid",
+    "Europe/London",
+    "America/New_York",
+    "America/Mexico_City",
+    "America/Santiago",
+    "America/Sao_Paulo",
+    "America/Havana",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+    "Pacific/Apia",
+    "America/St_Johns",
 ]
 instants = st.datetimes(
     min_value=datetime(2010, 1, 1),  # noqa: DTZ001 - hypothesis takes naive bounds
@@ -297,10 +313,20 @@ hours = st.integers(0, 23)
 
 
 @settings(max_examples=600, deadline=None)
-@example(now=datetime(2025, 3, 9, 6, 30, tzinfo=UTC), timezone="America/New_York", start=3, end=2,
-         channel=ChannelKind.EMAIL)
-@example(now=datetime(2025, 3, 29, 23, 0, tzinfo=UTC), timezone="Europe/Madrid", start=21, end=2,
-         channel=ChannelKind.SMS)
+@example(
+    now=datetime(2025, 3, 9, 6, 30, tzinfo=UTC),
+    timezone="America/New_York",
+    start=3,
+    end=2,
+    channel=ChannelKind.EMAIL,
+)
+@example(
+    now=datetime(2025, 3, 29, 23, 0, tzinfo=UTC),
+    timezone="Europe/Madrid",
+    start=21,
+    end=2,
+    channel=ChannelKind.SMS,
+)
 @given(now=instants, timezone=st.sampled_from(ZONES), start=hours, end=hours, channel=quiet_channels)
 def test_a_quiet_hours_deferral_is_in_the_future_and_outside_quiet_hours(
     now: datetime, timezone: str, start: int, end: int, channel: ChannelKind

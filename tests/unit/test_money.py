@@ -259,8 +259,9 @@ def test_constructing_with_a_float_always_raises(value: float, currency: str) ->
     assert info.value.field == "amount_minor"
 
 
-@given(amount=st.integers(min_value=0, max_value=10**15), currency=currencies,
-       other=st.sampled_from(CURRENCIES))
+@given(
+    amount=st.integers(min_value=0, max_value=10**15), currency=currencies, other=st.sampled_from(CURRENCIES)
+)
 def test_mixing_currencies_always_raises(amount: int, currency: str, other: str) -> None:
     if other == currency:
         assert Money(amount, currency) + Money(amount, other) == Money(2 * amount, currency)

@@ -188,8 +188,17 @@ def test_bad_timing_fails_when_building_a_policy() -> None:
 def test_empty_rule_matches_everything() -> None:
     rule = SegmentRule()
     assert rule.matches(ctx())
-    assert rule.matches(ctx(interval=None, plan_id="", amount_minor=0, tenure_days=0,
-                            funding=Funding.UNKNOWN, country="JP", currency="JPY"))
+    assert rule.matches(
+        ctx(
+            interval=None,
+            plan_id="",
+            amount_minor=0,
+            tenure_days=0,
+            funding=Funding.UNKNOWN,
+            country="JP",
+            currency="JPY",
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -200,8 +209,11 @@ def test_empty_rule_matches_everything() -> None:
         (SegmentRule(intervals=frozenset({Interval.MONTH})), {}, {"interval": None}),
         (SegmentRule(currencies=frozenset({"MXN", "COP"})), {"currency": "COP"}, {"currency": "EUR"}),
         (SegmentRule(countries=frozenset({"MX"})), {}, {"country": "CO"}),
-        (SegmentRule(funding=frozenset({Funding.DEBIT, Funding.PREPAID})), {"funding": Funding.PREPAID},
-         {"funding": Funding.CREDIT}),
+        (
+            SegmentRule(funding=frozenset({Funding.DEBIT, Funding.PREPAID})),
+            {"funding": Funding.PREPAID},
+            {"funding": Funding.CREDIT},
+        ),
         (SegmentRule(amount_min=19900), {"amount_minor": 19900}, {"amount_minor": 19899}),
         (SegmentRule(amount_max=19900), {"amount_minor": 19900}, {"amount_minor": 19901}),
         (SegmentRule(tenure_days_min=30), {"tenure_days": 30}, {"tenure_days": 29}),
@@ -224,7 +236,12 @@ def test_all_conditions_must_hold() -> None:
 def test_amount_range() -> None:
     rule = SegmentRule(amount_min=1000, amount_max=5000)
     assert [rule.matches(ctx(amount_minor=a)) for a in (999, 1000, 3000, 5000, 5001)] == [
-        False, True, True, True, False]
+        False,
+        True,
+        True,
+        True,
+        False,
+    ]
 
 
 # -- policy sets --------------------------------------------------------------------
@@ -240,19 +257,22 @@ def policy_set(segments: tuple[Segment, ...] = (), default: str = "standard") ->
 
 
 def test_first_matching_segment_wins() -> None:
-    ps = policy_set((
-        Segment("annual", SegmentRule(intervals=frozenset({Interval.YEAR})), "annual"),
-        Segment("mexico", SegmentRule(countries=frozenset({"MX"})), "gentle"),
-        Segment("everyone", SegmentRule(), "standard"),
-    ))
+    ps = policy_set(
+        (
+            Segment("annual", SegmentRule(intervals=frozenset({Interval.YEAR})), "annual"),
+            Segment("mexico", SegmentRule(countries=frozenset({"MX"})), "gentle"),
+            Segment("everyone", SegmentRule(), "standard"),
+        )
+    )
     assert ps.choose(ctx(interval=Interval.YEAR, country="MX")) == ("annual", ps.policies["annual"])
     assert ps.choose(ctx(country="MX")) == ("mexico", ps.policies["gentle"])
     assert ps.choose(ctx(country="ES")) == ("everyone", ps.policies["standard"])
 
 
 def test_no_match_falls_back_to_the_default_policy() -> None:
-    ps = policy_set((Segment("annual", SegmentRule(intervals=frozenset({Interval.YEAR})), "annual"),),
-                    default="gentle")
+    ps = policy_set(
+        (Segment("annual", SegmentRule(intervals=frozenset({Interval.YEAR})), "annual"),), default="gentle"
+    )
     name, chosen = ps.choose(ctx())
     assert name == "default"
     assert chosen is ps.policies["gentle"]

@@ -167,31 +167,40 @@ def test_non_utf8_file_is_a_policy_error(tmp_path: Path) -> None:
     ("old", "new", "field"),
     [
         # unknown keys
-        ('version = 2', 'version = 2\nretries = 3', "retries"),
-        ('max_attempts = 4', 'max_attempts = 4\nmax_atempts = 4', "policies.standard.max_atempts"),
+        ("version = 2", "version = 2\nretries = 3", "retries"),
+        ("max_attempts = 4", "max_attempts = 4\nmax_atempts = 4", "policies.standard.max_atempts"),
         ('payday_flex = "4d"', 'payday_flex = "4d"\npayday = 15', "policies.standard.timing.payday"),
         ('name = "annual"\npolicy', 'name = "annual"\nplicy = "x"\npolicy', "segments[0].plicy"),
         ('match = { intervals = ["year"] }', 'match = { interval = ["year"] }', "segments[0].match.interval"),
         ('{ after = "2d" }', '{ after = "2d", action = "email" }', "policies.annual.steps[0].action"),
         # wrong types
-        ('max_attempts = 4', 'max_attempts = "four"', "policies.standard.max_attempts"),
-        ('max_days = 30', 'max_days = [30]', "policies.annual.max_days"),
-        ('version = 2', 'version = "two"', "version"),
-        ('start_hour = 8', 'start_hour = 8.5', "policies.standard.timing.start_hour"),
-        ('{ after = "12d" }', '{ after = 12 }', "policies.standard.steps[3].after"),
+        ("max_attempts = 4", 'max_attempts = "four"', "policies.standard.max_attempts"),
+        ("max_days = 30", "max_days = [30]", "policies.annual.max_days"),
+        ("version = 2", 'version = "two"', "version"),
+        ("start_hour = 8", "start_hour = 8.5", "policies.standard.timing.start_hour"),
+        ('{ after = "12d" }', "{ after = 12 }", "policies.standard.steps[3].after"),
         ('steps = [{ after = "2d" }, { after = "20d" }]', 'steps = "2d, 20d"', "policies.annual.steps"),
-        ('paydays = [1, 15, "last_business_day"]', 'paydays = [1, "payday"]',
-         "policies.standard.timing.paydays[1]"),
-        ('amount_min = 100', 'amount_min = -1', "segments[1].match.amount_min"),
+        (
+            'paydays = [1, 15, "last_business_day"]',
+            'paydays = [1, "payday"]',
+            "policies.standard.timing.paydays[1]",
+        ),
+        ("amount_min = 100", "amount_min = -1", "segments[1].match.amount_min"),
         ('funding = ["debit"]', 'funding = ["cash"]', "segments[1].match.funding[0]"),
-        ('match = { intervals = ["year"] }', 'match = { intervals = ["week"] }',
-         "segments[0].match.intervals[0]"),
+        (
+            'match = { intervals = ["year"] }',
+            'match = { intervals = ["week"] }',
+            "segments[0].match.intervals[0]",
+        ),
         # bad durations
         ('{ after = "3d" }', '{ after = "3 days" }', "policies.standard.steps[1].after"),
         ('{ after = "20d" }', '{ after = "20" }', "policies.annual.steps[1].after"),
         ('min_interval = "2h"', 'min_interval = "two hours"', "policies.annual.min_interval"),
-        ('processing_backoff = ["30m", "2h"]', 'processing_backoff = ["30m", "soon"]',
-         "policies.annual.processing_backoff[1]"),
+        (
+            'processing_backoff = ["30m", "2h"]',
+            'processing_backoff = ["30m", "soon"]',
+            "policies.annual.processing_backoff[1]",
+        ),
         ('payday_flex = "4d"', 'payday_flex = "4w"', "policies.standard.timing.payday_flex"),
         # enumerations
         ('final_action = "cancel"', 'final_action = "delete"', "policies.standard.final_action"),
@@ -200,28 +209,34 @@ def test_non_utf8_file_is_a_policy_error(tmp_path: Path) -> None:
         ('policy = "annual"', 'policy = "yearly"', "segments[0].policy"),
         ('policy = "standard"\nmatch', 'policy = "standrad"\nmatch', "segments[1].policy"),
         ('default_policy = "standard"', 'default_policy = "normal"', "default_policy"),
-        ('default_policy = "standard"', '', "default_policy"),
+        ('default_policy = "standard"', "", "default_policy"),
         # domain invariants
-        ('max_days = 21', 'max_days = 10', "policies.standard.steps"),
+        ("max_days = 21", "max_days = 10", "policies.standard.steps"),
         ('{ after = "20d" }', '{ after = "31d" }', "policies.annual.steps"),
-        ('{ after = "2d" }, { after = "20d" }', '{ after = "20d" }, { after = "2d" }',
-         "policies.annual.steps"),
-        ('steps = [{ after = "2d" }, { after = "20d" }]', 'steps = []', "policies.annual.steps"),
-        ('max_attempts = 2', 'max_attempts = 0', "policies.annual.max_attempts"),
-        ('grace_days = 14', 'grace_days = 100', "policies.annual.grace_days"),
+        (
+            '{ after = "2d" }, { after = "20d" }',
+            '{ after = "20d" }, { after = "2d" }',
+            "policies.annual.steps",
+        ),
+        ('steps = [{ after = "2d" }, { after = "20d" }]', "steps = []", "policies.annual.steps"),
+        ("max_attempts = 2", "max_attempts = 0", "policies.annual.max_attempts"),
+        ("grace_days = 14", "grace_days = 100", "policies.annual.grace_days"),
         ('min_interval = "2h"', 'min_interval = "0m"', "policies.annual.min_interval"),
-        ('processing_backoff = ["30m", "2h"]', 'processing_backoff = []',
-         "policies.annual.processing_backoff"),
-        ('end_hour = 21', 'end_hour = 7', "policies.standard.timing.hours"),
-        ('payday_hour = 10', 'payday_hour = 22', "policies.standard.timing.payday_hour"),
-        ('paydays = [1, 15, "last_business_day"]', 'paydays = [0, 15]', "policies.standard.timing.paydays"),
+        (
+            'processing_backoff = ["30m", "2h"]',
+            "processing_backoff = []",
+            "policies.annual.processing_backoff",
+        ),
+        ("end_hour = 21", "end_hour = 7", "policies.standard.timing.hours"),
+        ("payday_hour = 10", "payday_hour = 22", "policies.standard.timing.payday_hour"),
+        ('paydays = [1, 15, "last_business_day"]', "paydays = [0, 15]", "policies.standard.timing.paydays"),
         # countries and currencies
         ('countries = ["MX", "CO"]', 'countries = ["mx", "CO"]', "segments[1].match.countries"),
         ('countries = ["MX", "CO"]', 'countries = ["MEX"]', "segments[1].match.countries"),
         ('countries = ["MX", "CO"]', 'countries = ["M1"]', "segments[1].match.countries"),
         ('currencies = ["mxn", "COP"]', 'currencies = ["PESO"]', "segments[1].match.currencies"),
         # the file itself
-        ('version = 2', 'version = 0', "version"),
+        ("version = 2", "version = 0", "version"),
         ('name = "test"', 'name = ""', "name"),
     ],
 )
@@ -241,8 +256,9 @@ def test_empty_paydays_are_rejected_or_harmless() -> None:
         assert {field for field, _ in exc.problems} == {"policies.standard.timing.paydays"}  # noqa: PT017
         return
     opened = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
-    ctx = RetryContext("case_1", opened, opened, 0, classify("insufficient_funds"), 0,
-                       "America/Mexico_City", "MX")
+    ctx = RetryContext(
+        "case_1", opened, opened, 0, classify("insufficient_funds"), 0, "America/Mexico_City", "MX"
+    )
     assert plan_retry(loaded.policies.policies["standard"], ctx, NoHolidays()).at is not None
 
 
@@ -252,12 +268,12 @@ WEEKDAYS_ONLY = "policies.standard.timing.weekdays_only"
 @pytest.mark.parametrize(
     ("old", "new", "field"),
     [
-        ('max_attempts = 4', 'max_attempts = true', "policies.standard.max_attempts"),
-        ('max_attempts = 4', 'max_attempts = "4"', "policies.standard.max_attempts"),
-        ('start_hour = 8', 'start_hour = "8"', "policies.standard.timing.start_hour"),
+        ("max_attempts = 4", "max_attempts = true", "policies.standard.max_attempts"),
+        ("max_attempts = 4", 'max_attempts = "4"', "policies.standard.max_attempts"),
+        ("start_hour = 8", 'start_hour = "8"', "policies.standard.timing.start_hour"),
         ('payday_flex = "4d"', 'payday_flex = "4d"\nweekdays_only = "yes"', WEEKDAYS_ONLY),
         ('payday_flex = "4d"', 'payday_flex = "4d"\nweekdays_only = 1', WEEKDAYS_ONLY),
-        ('version = 2', 'version = 2.0', "version"),
+        ("version = 2", "version = 2.0", "version"),
     ],
     ids=["bool-as-int", "str-as-int", "str-as-hour", "str-as-bool", "int-as-bool", "float-as-int"],
 )
@@ -298,8 +314,8 @@ def test_no_policies_at_all() -> None:
 
 
 def test_problems_in_several_policies_are_all_reported() -> None:
-    text = changed('max_days = 21', 'max_days = 10', GOOD)
-    text = changed('grace_days = 14', 'grace_days = 100', text)
+    text = changed("max_days = 21", "max_days = 10", GOOD)
+    text = changed("grace_days = 14", "grace_days = 100", text)
     assert sorted(fields_of(text)) == ["policies.annual.grace_days", "policies.standard.steps"]
 
 
@@ -326,7 +342,7 @@ def test_several_shape_errors_are_all_reported() -> None:
 
 
 def test_reasons_are_readable() -> None:
-    (problem,) = problems_of(changed('max_days = 21', 'max_days = 10', GOOD))
+    (problem,) = problems_of(changed("max_days = 21", "max_days = 10", GOOD))
     assert problem == ("policies.standard.steps", "last step (12d) is after max_days (10)")
     (problem,) = problems_of(changed('policy = "annual"', 'policy = "yearly"', GOOD))
     assert problem[0] == "segments[0].policy"
@@ -344,7 +360,7 @@ def test_duplicate_segment_names() -> None:
 
 
 def test_every_problem_reason_is_non_empty() -> None:
-    text = changed('end_hour = 21', 'end_hour = 7', GOOD)
+    text = changed("end_hour = 21", "end_hour = 7", GOOD)
     for field, reason in problems_of(text):
         assert field
         assert reason.strip()

@@ -77,14 +77,20 @@ def test_category_codes_are_what_they_say() -> None:
 
 def test_paydays_without_holidays() -> None:
     # June 2026: 1st Monday, 15th Monday, 30th Tuesday.
-    assert paydays_in_month(2026, 6, DEFAULT_RULES, "MX", NONE) == [d("2026-06-01"), d("2026-06-15"),
-                                                                    d("2026-06-30")]
+    assert paydays_in_month(2026, 6, DEFAULT_RULES, "MX", NONE) == [
+        d("2026-06-01"),
+        d("2026-06-15"),
+        d("2026-06-30"),
+    ]
 
 
 def test_weekend_paydays_move_to_the_business_day_before() -> None:
     # March 2026: the 1st and the 15th are Sundays; the 1st is paid on Friday Feb 27.
-    assert paydays_in_month(2026, 3, DEFAULT_RULES, "MX", NONE) == [d("2026-02-27"), d("2026-03-13"),
-                                                                    d("2026-03-31")]
+    assert paydays_in_month(2026, 3, DEFAULT_RULES, "MX", NONE) == [
+        d("2026-02-27"),
+        d("2026-03-13"),
+        d("2026-03-31"),
+    ]
     # May 2026: the 31st is a Sunday, so the last business day is Friday the 29th.
     assert paydays_in_month(2026, 5, (LBD,), "MX", NONE) == [d("2026-05-29")]
 
@@ -170,8 +176,9 @@ def test_business_days() -> None:
         ("2026-09-16", (16,), "MX", "2026-10-16"),
     ],
 )
-def test_next_payday(on_or_after: str, rules: tuple[int | PaydayRule, ...], country: str,
-                     expected: str) -> None:
+def test_next_payday(
+    on_or_after: str, rules: tuple[int | PaydayRule, ...], country: str, expected: str
+) -> None:
     assert next_payday(d(on_or_after), rules, country, HOLIDAYS) == d(expected)
 
 
@@ -179,8 +186,11 @@ rules_strategy = st.lists(st.one_of(st.integers(1, 31), st.just(LBD)), min_size=
 
 
 @settings(max_examples=200, deadline=None)
-@given(day=st.dates(date(2020, 1, 1), date(2035, 12, 31)), rules=rules_strategy,
-       country=st.sampled_from(["MX", "CO", "ES", "CL"]))
+@given(
+    day=st.dates(date(2020, 1, 1), date(2035, 12, 31)),
+    rules=rules_strategy,
+    country=st.sampled_from(["MX", "CO", "ES", "CL"]),
+)
 def test_next_payday_is_the_first_business_payday_on_or_after(
     day: date, rules: tuple[int | PaydayRule, ...], country: str
 ) -> None:
@@ -188,8 +198,10 @@ def test_next_payday_is_the_first_business_payday_on_or_after(
     assert payday >= day
     assert is_business_day(payday, country, HOLIDAYS)
     assert payday - day <= timedelta(days=62)
-    months = {(payday.year, payday.month), ((payday + timedelta(days=10)).year,
-                                            (payday + timedelta(days=10)).month)}
+    months = {
+        (payday.year, payday.month),
+        ((payday + timedelta(days=10)).year, (payday + timedelta(days=10)).month),
+    }
     assert any(payday in paydays_in_month(y, m, rules, country, HOLIDAYS) for y, m in months)
     # nothing in between is a payday
     if payday > day:
@@ -309,9 +321,20 @@ def test_fit_local_hours_skips_a_window_that_dst_removed(
 
 
 ZONES = [
-    "UTC", "America/Santiago", "Europe/Madrid", "America/Mexico_City", "America/Bogota",
-    "America/New_York", "America/Sao_Paulo", "Asia/Tokyo", "Asia/Kolkata", "Australia/Lord_Howe",
-    "Pacific/Chatham", "Pacific/Kiritimati", "Pacific/Pago_Pago", "Africa/Casablanca",
+    "UTC",
+    "America/Santiago",
+    "Europe/Madrid",
+    "America/Mexico_City",
+    "America/Bogota",
+    "America/New_York",
+    "America/Sao_Paulo",
+    "Asia/Tokyo",
+    "Asia/Kolkata",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+    "Pacific/Kiritimati",
+    "Pacific/Pago_Pago",
+    "Africa/Casablanca",
 ]
 COUNTRIES = ["MX", "CO", "ES", "CL", "US", "JP", "BR"]
 zones = st.sampled_from(ZONES).map(ZoneInfo)
@@ -331,8 +354,6 @@ def timings(draw: st.DrawFn, *, jitter: bool = True) -> Timing:
         payday_flex=timedelta(hours=draw(st.integers(0, 240))),
         jitter_minutes=draw(st.integers(0, 180)) if jitter else 0,
     )
-
-
 
 
 def _dst_transitions(year: int) -> list[datetime]:
@@ -362,7 +383,9 @@ any_instants = st.datetimes(
 # Instants within a day and a half of a DST change, written in any zone.
 near_dst = st.builds(
     lambda base, minutes, zone: (base + timedelta(minutes=minutes)).astimezone(zone),
-    st.sampled_from(DST_TRANSITIONS), st.integers(-36 * 60, 36 * 60), zones,
+    st.sampled_from(DST_TRANSITIONS),
+    st.integers(-36 * 60, 36 * 60),
+    zones,
 )
 instants = st.one_of(any_instants, near_dst)
 
@@ -408,8 +431,9 @@ def make_policy(strategy: Strategy, **overrides: Any) -> RetryPolicy:
     return RetryPolicy(**fields)
 
 
-def make_ctx(category: DeclineCategory | Decline = DeclineCategory.TEMPORARY,
-             **overrides: Any) -> RetryContext:
+def make_ctx(
+    category: DeclineCategory | Decline = DeclineCategory.TEMPORARY, **overrides: Any
+) -> RetryContext:
     decline = category if isinstance(category, Decline) else classify(CODE_OF[category])
     fields: dict[str, Any] = {
         "case_id": "case_in_1",
@@ -483,8 +507,9 @@ def test_fixed_ignores_local_hours() -> None:
 @pytest.mark.parametrize(("errors", "delay"), [(0, 15 * M), (1, 15 * M), (2, H), (3, 4 * H), (9, 4 * H)])
 def test_decline_aware_processing_errors_back_off_fast(errors: int, delay: timedelta) -> None:
     last = OPENED + 2 * H
-    ctx = make_ctx(DeclineCategory.PROCESSING_ERROR, last_attempt_at=last,
-                   consecutive_processing_errors=errors)
+    ctx = make_ctx(
+        DeclineCategory.PROCESSING_ERROR, last_attempt_at=last, consecutive_processing_errors=errors
+    )
     plan = plan_retry(make_policy(Strategy.DECLINE_AWARE), ctx, HOLIDAYS)
     assert plan.at == last + delay
     assert "fast backoff" in plan.reason
@@ -509,13 +534,15 @@ def test_min_interval_beats_a_shorter_backoff() -> None:
 
 def test_min_interval_beats_a_step_already_passed() -> None:
     last = OPENED + 3 * D + 5 * H  # the second step (day 3) is already behind
-    plan = plan_retry(make_policy(Strategy.DECLINE_AWARE), make_ctx(budget_used=1, last_attempt_at=last),
-                      HOLIDAYS)
+    plan = plan_retry(
+        make_policy(Strategy.DECLINE_AWARE), make_ctx(budget_used=1, last_attempt_at=last), HOLIDAYS
+    )
     assert plan.at == last + 10 * M
 
 
-@pytest.mark.parametrize("category", [DeclineCategory.TEMPORARY, DeclineCategory.UNKNOWN,
-                                      DeclineCategory.INSUFFICIENT_FUNDS])
+@pytest.mark.parametrize(
+    "category", [DeclineCategory.TEMPORARY, DeclineCategory.UNKNOWN, DeclineCategory.INSUFFICIENT_FUNDS]
+)
 def test_decline_aware_follows_the_steps(category: DeclineCategory) -> None:
     plan = plan_retry(make_policy(Strategy.DECLINE_AWARE), make_ctx(category, budget_used=1), HOLIDAYS)
     assert plan.at == OPENED + 3 * D
@@ -524,8 +551,9 @@ def test_decline_aware_follows_the_steps(category: DeclineCategory) -> None:
 
 def test_timing_aware_insufficient_funds_waits_for_payday() -> None:
     # Step 1 is Wed 2026-03-11 09:00 local; the 15th is a Sunday, so payday is Friday the 13th.
-    plan = plan_retry(make_policy(Strategy.TIMING_AWARE), make_ctx(DeclineCategory.INSUFFICIENT_FUNDS),
-                      HOLIDAYS)
+    plan = plan_retry(
+        make_policy(Strategy.TIMING_AWARE), make_ctx(DeclineCategory.INSUFFICIENT_FUNDS), HOLIDAYS
+    )
     assert plan.at == datetime(2026, 3, 13, 10, 0, tzinfo=MEXICO)
     assert plan.reason == (
         "Retry on 2026-03-13 10:00 America/Mexico_City: insufficient funds, next payday "
@@ -546,21 +574,27 @@ def test_timing_aware_payday_respects_holidays() -> None:
     # the 16th, Independence Day, so the money comes on Tuesday the 15th at payday_hour.
     opened = datetime(2026, 9, 11, 11, 0, tzinfo=MEXICO)
     policy = make_policy(Strategy.TIMING_AWARE, timing=Timing(paydays=(16,), jitter_minutes=0))
-    plan = plan_retry(policy, make_ctx(DeclineCategory.INSUFFICIENT_FUNDS, opened_at=opened,
-                                       last_attempt_at=opened), HOLIDAYS)
+    plan = plan_retry(
+        policy,
+        make_ctx(DeclineCategory.INSUFFICIENT_FUNDS, opened_at=opened, last_attempt_at=opened),
+        HOLIDAYS,
+    )
     assert plan.at == datetime(2026, 9, 15, 10, 0, tzinfo=MEXICO)
     assert "2026-09-15" in plan.reason
-    plan = plan_retry(policy, make_ctx(DeclineCategory.INSUFFICIENT_FUNDS, opened_at=opened,
-                                       last_attempt_at=opened), NONE)
+    plan = plan_retry(
+        policy, make_ctx(DeclineCategory.INSUFFICIENT_FUNDS, opened_at=opened, last_attempt_at=opened), NONE
+    )
     assert plan.at == datetime(2026, 9, 16, 10, 0, tzinfo=MEXICO)
 
 
-@pytest.mark.parametrize("category", [DeclineCategory.TEMPORARY, DeclineCategory.UNKNOWN,
-                                      DeclineCategory.PROCESSING_ERROR])
+@pytest.mark.parametrize(
+    "category", [DeclineCategory.TEMPORARY, DeclineCategory.UNKNOWN, DeclineCategory.PROCESSING_ERROR]
+)
 def test_timing_aware_moves_night_retries_to_the_morning(category: DeclineCategory) -> None:
     late = datetime(2026, 3, 10, 23, 0, tzinfo=MEXICO)  # 23:00 local
-    plan = plan_retry(make_policy(Strategy.TIMING_AWARE), make_ctx(category, opened_at=late,
-                                                                   last_attempt_at=late), HOLIDAYS)
+    plan = plan_retry(
+        make_policy(Strategy.TIMING_AWARE), make_ctx(category, opened_at=late, last_attempt_at=late), HOLIDAYS
+    )
     assert plan.at is not None
     expected = datetime(2026, 3, 11, 9, 0, tzinfo=MEXICO)  # the backoff's next morning
     if category is not DeclineCategory.PROCESSING_ERROR:
@@ -574,9 +608,11 @@ def test_timing_aware_in_the_customers_zone_across_dst() -> None:
     # Madrid: failed Saturday 2026-03-28 at 23:30 CET; day 1 is 23:30 on Sunday (CEST now),
     # outside the hours, so Monday 09:00 CEST.
     opened = datetime(2026, 3, 28, 22, 30, tzinfo=UTC)
-    plan = plan_retry(make_policy(Strategy.TIMING_AWARE),
-                      make_ctx(opened_at=opened, last_attempt_at=opened, timezone="Europe/Madrid",
-                               country="ES"), HOLIDAYS)
+    plan = plan_retry(
+        make_policy(Strategy.TIMING_AWARE),
+        make_ctx(opened_at=opened, last_attempt_at=opened, timezone="Europe/Madrid", country="ES"),
+        HOLIDAYS,
+    )
     assert plan.at == datetime(2026, 3, 30, 9, 0, tzinfo=MADRID)
     assert "2026-03-30 09:00 Europe/Madrid" in plan.reason
 
@@ -589,8 +625,12 @@ def test_jitter_is_deterministic_and_bounded() -> None:
     assert first == plan_retry(policy, ctx, HOLIDAYS)
     assert first.at is not None
     assert at_noon + D <= first.at < at_noon + D + 30 * M
-    spread = {plan_retry(policy, make_ctx(case_id=f"case_{i}", opened_at=at_noon, last_attempt_at=at_noon),
-                         HOLIDAYS).at for i in range(20)}
+    spread = {
+        plan_retry(
+            policy, make_ctx(case_id=f"case_{i}", opened_at=at_noon, last_attempt_at=at_noon), HOLIDAYS
+        ).at
+        for i in range(20)
+    }
     assert len(spread) > 1, "jitter spreads cases out"
 
 
@@ -598,8 +638,11 @@ def test_budget_spent() -> None:
     plan = plan_retry(make_policy(Strategy.DECLINE_AWARE), make_ctx(budget_used=3), HOLIDAYS)
     assert plan.at is None
     assert plan.reason == "attempt budget spent (3 of 3)"
-    plan = plan_retry(make_policy(Strategy.DECLINE_AWARE),
-                      make_ctx(DeclineCategory.PROCESSING_ERROR, budget_used=4), HOLIDAYS)
+    plan = plan_retry(
+        make_policy(Strategy.DECLINE_AWARE),
+        make_ctx(DeclineCategory.PROCESSING_ERROR, budget_used=4),
+        HOLIDAYS,
+    )
     assert plan.at is None
 
 
@@ -620,8 +663,11 @@ def test_the_last_step_inside_the_window_is_kept() -> None:
 
 def test_naive_last_attempt_is_rejected() -> None:
     with pytest.raises(ValueError, match="last_attempt_at"):
-        plan_retry(make_policy(Strategy.FIXED), make_ctx(last_attempt_at=datetime(2026, 3, 10, 15, 0)),  # noqa: DTZ001
-                   HOLIDAYS)
+        plan_retry(
+            make_policy(Strategy.FIXED),
+            make_ctx(last_attempt_at=datetime(2026, 3, 10, 15, 0)),  # noqa: DTZ001
+            HOLIDAYS,
+        )
 
 
 def test_empty_paydays_are_rejected_or_harmless() -> None:
@@ -651,8 +697,14 @@ def test_retry_after_a_fall_back_attempt_is_after_it() -> None:
     # 02:45 *CEST* = 00:45 UTC, 45 minutes before the attempt it follows.
     last = datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=MADRID)
     assert last.astimezone(UTC) == utc(2026, 10, 25, 1, 30)
-    ctx = make_ctx(DeclineCategory.PROCESSING_ERROR, opened_at=last, last_attempt_at=last,
-                   timezone="Europe/Madrid", country="ES", consecutive_processing_errors=1)
+    ctx = make_ctx(
+        DeclineCategory.PROCESSING_ERROR,
+        opened_at=last,
+        last_attempt_at=last,
+        timezone="Europe/Madrid",
+        country="ES",
+        consecutive_processing_errors=1,
+    )
     plan = plan_retry(make_policy(Strategy.DECLINE_AWARE), ctx, HOLIDAYS)
     assert plan.at is not None
     assert plan.at.astimezone(UTC) - last.astimezone(UTC) >= 15 * M
@@ -663,21 +715,33 @@ def test_min_interval_holds_across_spring_forward() -> None:
     # that is 03:30 CEST, only one real hour later.
     last = datetime(2026, 3, 29, 1, 30, tzinfo=MADRID)
     policy = make_policy(Strategy.FIXED, steps=(timedelta(0),), min_interval=2 * H)
-    plan = plan_retry(policy, make_ctx(opened_at=last, last_attempt_at=last, timezone="Europe/Madrid",
-                                       country="ES"), HOLIDAYS)
+    plan = plan_retry(
+        policy,
+        make_ctx(opened_at=last, last_attempt_at=last, timezone="Europe/Madrid", country="ES"),
+        HOLIDAYS,
+    )
     assert plan.at is not None
     assert plan.at.astimezone(UTC) - last.astimezone(UTC) >= 2 * H
 
 
 def test_the_same_cases_in_utc_are_fine() -> None:
     last = datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=MADRID).astimezone(UTC)
-    ctx = make_ctx(DeclineCategory.PROCESSING_ERROR, opened_at=last, last_attempt_at=last,
-                   timezone="Europe/Madrid", country="ES", consecutive_processing_errors=1)
+    ctx = make_ctx(
+        DeclineCategory.PROCESSING_ERROR,
+        opened_at=last,
+        last_attempt_at=last,
+        timezone="Europe/Madrid",
+        country="ES",
+        consecutive_processing_errors=1,
+    )
     assert plan_retry(make_policy(Strategy.DECLINE_AWARE), ctx, HOLIDAYS).at == last + 15 * M
     last = datetime(2026, 3, 29, 1, 30, tzinfo=MADRID).astimezone(UTC)
     policy = make_policy(Strategy.FIXED, steps=(timedelta(0),), min_interval=2 * H)
-    plan = plan_retry(policy, make_ctx(opened_at=last, last_attempt_at=last, timezone="Europe/Madrid",
-                                       country="ES"), HOLIDAYS)
+    plan = plan_retry(
+        policy,
+        make_ctx(opened_at=last, last_attempt_at=last, timezone="Europe/Madrid", country="ES"),
+        HOLIDAYS,
+    )
     assert plan.at == last + 2 * H
 
 
@@ -716,8 +780,11 @@ def declines(categories: list[DeclineCategory] | None = None) -> st.SearchStrate
 
 
 @st.composite
-def contexts(draw: st.DrawFn, decline: st.SearchStrategy[Decline] | None = None,
-             budget: st.SearchStrategy[int] | None = None) -> RetryContext:
+def contexts(
+    draw: st.DrawFn,
+    decline: st.SearchStrategy[Decline] | None = None,
+    budget: st.SearchStrategy[int] | None = None,
+) -> RetryContext:
     opened_at = draw(instants)
     # The last attempt is the failure itself or a later one (possibly after the window),
     # written in any zone.
@@ -763,13 +830,20 @@ def test_property_a_spent_budget_yields_no_retry(data: st.DataObject, policy: Re
 @given(policy=policies(), ctx=contexts())
 @example(  # see test_retry_after_a_fall_back_attempt_is_after_it
     policy=make_policy(Strategy.DECLINE_AWARE),
-    ctx=make_ctx(DeclineCategory.PROCESSING_ERROR, opened_at=FALL_BACK, last_attempt_at=FALL_BACK,
-                 timezone="Europe/Madrid", country="ES", consecutive_processing_errors=1),
+    ctx=make_ctx(
+        DeclineCategory.PROCESSING_ERROR,
+        opened_at=FALL_BACK,
+        last_attempt_at=FALL_BACK,
+        timezone="Europe/Madrid",
+        country="ES",
+        consecutive_processing_errors=1,
+    ),
 )
 @example(  # see test_min_interval_holds_across_spring_forward
     policy=make_policy(Strategy.FIXED, steps=(timedelta(0),), min_interval=2 * H),
-    ctx=make_ctx(opened_at=SPRING_FORWARD, last_attempt_at=SPRING_FORWARD, timezone="Europe/Madrid",
-                 country="ES"),
+    ctx=make_ctx(
+        opened_at=SPRING_FORWARD, last_attempt_at=SPRING_FORWARD, timezone="Europe/Madrid", country="ES"
+    ),
 )
 def test_property_retry_times_are_after_the_last_attempt_and_inside_the_window(
     policy: RetryPolicy, ctx: RetryContext

@@ -100,7 +100,10 @@ def test_a_payment_method_with_no_customer_is_refused_and_a_legacy_card_is_read(
     card = mapping.payment_method(example(fixtures, "card", customer="cus_1"))
     assert card is not None
     assert (card.id, card.brand, card.last4, card.funding) == (
-        "card_1PgaftB7WZ01zgkWm3waTcFp", "visa", "4242", Funding.CREDIT
+        "card_1PgaftB7WZ01zgkWm3waTcFp",
+        "visa",
+        "4242",
+        Funding.CREDIT,
     )
 
 
@@ -112,7 +115,10 @@ def test_the_card_of_a_charge(fixtures: dict[str, Any]) -> None:
     method = mapping.payment_method_from_charge(example(fixtures, "charge"), "cus_1")
     assert method is not None
     assert (method.id, method.brand, method.last4, method.exp_year) == (
-        "card_1PgaftB7WZ01zgkWm3waTcFp", "visa", "4242", 2030
+        "card_1PgaftB7WZ01zgkWm3waTcFp",
+        "visa",
+        "4242",
+        2030,
     )
 
 
@@ -135,8 +141,13 @@ def test_decline_codes_of_a_failed_charge(fixtures: dict[str, Any]) -> None:
         "seller_message": "The bank returned the decline code `insufficient_funds`.",
     }
     charge = example(
-        fixtures, "charge", status="failed", paid=False, failure_code="card_declined",
-        failure_message="Your card has insufficient funds.", outcome=outcome,
+        fixtures,
+        "charge",
+        status="failed",
+        paid=False,
+        failure_code="card_declined",
+        failure_message="Your card has insufficient funds.",
+        outcome=outcome,
     )
     codes = mapping.decline_codes(charge=charge)
     assert codes == mapping.DeclineCodes(
@@ -160,14 +171,21 @@ def test_the_payment_intent_s_error_wins_over_the_charge(fixtures: dict[str, Any
     charge = example(fixtures, "charge", failure_code="card_declined")
     codes = mapping.decline_codes(error=error, charge=charge)
     assert (codes.code, codes.network_code, codes.advice_code, codes.charge_id) == (
-        "stolen_card", "43", "do_not_try_again", "ch_1"
+        "stolen_card",
+        "43",
+        "do_not_try_again",
+        "ch_1",
     )
     assert classify(codes.code, network_code=codes.network_code).category is DeclineCategory.HARD
 
 
 def test_authentication_required_is_its_own_category(fixtures: dict[str, Any]) -> None:
-    error = {**fixtures["payment_intent"]["last_payment_error"], "type": "card_error",
-             "code": "authentication_required", "decline_code": "authentication_required"}
+    error = {
+        **fixtures["payment_intent"]["last_payment_error"],
+        "type": "card_error",
+        "code": "authentication_required",
+        "decline_code": "authentication_required",
+    }
     codes = mapping.decline_codes(error=error)
     assert codes.authentication_required
     assert classify(codes.code).category is DeclineCategory.AUTHENTICATION_REQUIRED
