@@ -78,6 +78,9 @@ class TemplateComposer:
         if entry.kind is MessageKind.CARD_EXPIRING and method is not None:
             horizon = card_expiry_end(method, customer.timezone)
         ttl = max(LINK_TTL, horizon - now + LINK_GRACE) if horizon else LINK_TTL
+        if entry.kind in (MessageKind.SUBSCRIPTION_CANCELED, MessageKind.WIN_BACK):
+            # The way back stays open as long as the customer's data is kept.
+            ttl = max(ttl, timedelta(days=self.sender.data_retention_days))
 
         def link(purpose: str, who: str = subject) -> str:
             return self.links.make(purpose, who, now=now, ttl=ttl, extra={"message": entry.key})

@@ -17,6 +17,7 @@ from recobra.engine.relay import EventRelay
 from recobra.engine.service import Engine
 from recobra.gateways.simulated import SimulatedGateway
 from recobra.messages.composer import Sender, TemplateComposer
+from recobra.messages.links import LinkExpired
 from recobra.messages.render import Renderer
 from recobra.ports import DeliveryResult, DeliveryStatus, GatewayError, OutgoingMessage
 from recobra.store.sql import SqlStore
@@ -519,3 +520,23 @@ def test_the_confirmation_email_links_back_and_does_not_ask_the_survey_again(jou
     token = context.reactivate_url.rsplit("/", 1)[1]
     assert journey.services.links.verify("reactivate", token, now=journey.now).subject == "sub_1"
     assert context.data_kept_until is not None
+
+
+def test_the_way_back_stays_open_as_long_as_the_data_is_kept(journey: Journey) -> None:
+    journey.client.post(journey.link(), data=form("switching", "confirm", decision="decline"))
+    (row,) = journey.db.rows("messages", kind="subscription_canceled")
+    composer = TemplateComposer(
+        Renderer(),
+        journey.services.links,
+        journey.services.engine.policies,
+        Sender("Acme", "help@acme.example", data_retention_days=90),
+    )
+    with journey.services.store.unit_of_work() as uow:
+        (bundle,) = uow.load_messages([row["id"]], journey.now)
+    context = composer.context(bundle, journey.now)
+    assert context.reactivate_url is not None
+    token = context.reactivate_url.rsplit("/", 1)[1]
+    links = journey.services.links
+    assert links.verify("reactivate", token, now=journey.now + timedelta(days=89)).subject == "sub_1"
+    with pytest.raises(LinkExpired):
+        links.verify("reactivate", token, now=journey.now + timedelta(days=91))

@@ -376,7 +376,10 @@ DONE = {
     "pause": "Dunning paused: no retries, messages or final action until you resume it.",
     "resume": "Dunning resumed: the case is back on its policy's timeline.",
     "write-off": "Case written off.",
-    "resend-link": "A payment reminder with a fresh update-payment link is on its way.",
+    "resend-link": (
+        "A payment reminder with a fresh update-payment link is queued: it goes out as soon as "
+        "the customer's quiet hours and daily cap allow (the timeline says when)."
+    ),
 }
 
 
