@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from recobra.domain.case import (
@@ -102,6 +103,23 @@ class HandleResult:
     duplicate: bool = False
     case_ids: tuple[str, ...] = ()
     note: str = ""
+
+
+T = TypeVar("T")
+
+
+def _redo_on_conflict(work: Callable[[], T], *, what: str = "") -> T:
+    """Run ``work`` (one transaction) again on fresh state when a worker changed its
+    cases meanwhile (``ConcurrentUpdate``), up to ``CONCURRENCY_RETRIES`` times."""
+    for attempt in range(1, CONCURRENCY_RETRIES + 1):
+        try:
+            return work()
+        except ConcurrentUpdate:
+            if attempt == CONCURRENCY_RETRIES:
+                raise
+            if what:
+                log.info("%s changed meanwhile; redoing it", what)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class ReactivationOutcome(StrEnum):
@@ -224,14 +242,7 @@ class Engine:
         or nothing) when this returns. Callers that commit several batches together
         run ``run_immediate_retries`` for each afterwards, outside the shared transaction."""
         self._refresh_policies()
-        for attempt in range(1, CONCURRENCY_RETRIES + 1):
-            try:
-                return self._handle_once(commands)
-            except ConcurrentUpdate:
-                if attempt == CONCURRENCY_RETRIES:
-                    raise
-                log.info("cases changed while handling events; redoing the batch")
-        raise AssertionError("unreachable")  # pragma: no cover
+        return _redo_on_conflict(lambda: self._handle_once(commands), what="the batch's cases")
 
     def run_immediate_retries(self, commands: Sequence[Command], results: Sequence[HandleResult]) -> None:
         """Run the immediate retries that applied events call for (a new default card
@@ -642,68 +653,67 @@ class Engine:
         before its final action runs again, and the subscription stays as it was.
         A repeated event id changes nothing."""
         now = cmd.occurred_at
-        for attempt in range(1, CONCURRENCY_RETRIES + 1):
-            try:
-                with self.store.unit_of_work() as uow:
-                    if not uow.remember_events([(cmd.event_id, type(cmd).__name__, now)]):
-                        return Reactivation(ReactivationOutcome.DUPLICATE)
-                    standing = uow.standing(cmd.subscription_id)
-                    if standing is None:
-                        return Reactivation(ReactivationOutcome.UNKNOWN)
-                    if standing.subscription.status not in REACTIVATABLE:
-                        return Reactivation(ReactivationOutcome.NOT_NEEDED)
-                    case = uow.unpaid_case(cmd.subscription_id)
-                    if case is None:
-                        self._activate(uow, standing.subscription.customer_id, cmd, None)
-                        uow.commit()
-                        return Reactivation(ReactivationOutcome.ACTIVE)
-                    method = uow.default_payment_method(case.customer_id)
-                    if method is not None:
-                        case.payment_method_id = method.id
-                    case.transition_to(
-                        CaseStatus.EXHAUSTED,
-                        at=now,
-                        reason="the customer came back: the unpaid invoice is retried now",
-                    )
-                    case.schedule(NextAction.RETRY_NOW, now, "customer came back: immediate retry")
-                    uow.set_invoice_status(case.invoice_id, InvoiceStatus.OPEN, now)
-                    self._save(uow, [case], release_claims=True)
+
+        def reopen() -> Reactivation | DunningCase:
+            """Reactivated at once, or the unpaid invoice's case reopened for a retry."""
+            with self.store.unit_of_work() as uow:
+                if not uow.remember_events([(cmd.event_id, type(cmd).__name__, now)]):
+                    return Reactivation(ReactivationOutcome.DUPLICATE)
+                standing = uow.standing(cmd.subscription_id)
+                if standing is None:
+                    return Reactivation(ReactivationOutcome.UNKNOWN)
+                if standing.subscription.status not in REACTIVATABLE:
+                    return Reactivation(ReactivationOutcome.NOT_NEEDED)
+                case = uow.unpaid_case(cmd.subscription_id)
+                if case is None:
+                    self._activate(uow, standing.subscription.customer_id, cmd, None)
                     uow.commit()
-                break
-            except ConcurrentUpdate:
-                if attempt == CONCURRENCY_RETRIES:
-                    raise
-        assert case is not None, "returned above when nothing is owed"
+                    return Reactivation(ReactivationOutcome.ACTIVE)
+                method = uow.default_payment_method(case.customer_id)
+                if method is not None:
+                    case.payment_method_id = method.id
+                case.transition_to(
+                    CaseStatus.EXHAUSTED,
+                    at=now,
+                    reason="the customer came back: the unpaid invoice is retried now",
+                )
+                case.schedule(NextAction.RETRY_NOW, now, "customer came back: immediate retry")
+                uow.set_invoice_status(case.invoice_id, InvoiceStatus.OPEN, now)
+                self._save(uow, [case], release_claims=True)
+                uow.commit()
+                return case
+
+        reopened = _redo_on_conflict(reopen)
+        if isinstance(reopened, Reactivation):
+            return reopened
+        case = reopened
         self.process([case.id], now)
-        for attempt in range(1, CONCURRENCY_RETRIES + 1):
-            try:
-                with self.store.unit_of_work() as uow:
-                    after = uow.load_bundles([case.id], now)[0].case
-                    if after.status is CaseStatus.RECOVERED:
-                        self._activate(uow, after.customer_id, cmd, after)
-                        uow.commit()
-                        return Reactivation(ReactivationOutcome.ACTIVE, case_id=case.id, paid=case.amount)
-                    # Declined, so the engine put the final action back at "now" (the
-                    # window is long over): give the customer the grace period again.
-                    # A retry still pending (another worker claimed it) is left alone.
-                    if after.is_active and after.next_action is NextAction.FINAL_ACTION:
-                        policy = self._policy(after)
-                        final_at = now + timedelta(days=max(policy.grace_days, 1))
-                        reason = (
-                            f"{policy.final_action} on {final_at:%Y-%m-%d %H:%M} UTC unless the payment "
-                            "method is updated: the customer came back but the retry was declined"
-                        )
-                        after.schedule(NextAction.FINAL_ACTION, final_at, reason)
-                        after.record(
-                            now, EventKind.FINAL_ACTION_SCHEDULED, reason, final_at=final_at.isoformat()
-                        )
-                        self._save(uow, [after], release_claims=True)
-                        uow.commit()
-                    return Reactivation(ReactivationOutcome.PAYMENT_DECLINED, case_id=case.id, paid=None)
-            except ConcurrentUpdate:
-                if attempt == CONCURRENCY_RETRIES:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def settle() -> Reactivation:
+            """The retry's outcome: active again, or the grace period given back."""
+            with self.store.unit_of_work() as uow:
+                after = uow.load_bundles([case.id], now)[0].case
+                if after.status is CaseStatus.RECOVERED:
+                    self._activate(uow, after.customer_id, cmd, after)
+                    uow.commit()
+                    return Reactivation(ReactivationOutcome.ACTIVE, case_id=case.id, paid=case.amount)
+                # Declined, so the engine put the final action back at "now" (the
+                # window is long over): give the customer the grace period again.
+                # A retry still pending (another worker claimed it) is left alone.
+                if after.is_active and after.next_action is NextAction.FINAL_ACTION:
+                    policy = self._policy(after)
+                    final_at = now + timedelta(days=max(policy.grace_days, 1))
+                    reason = (
+                        f"{policy.final_action} on {final_at:%Y-%m-%d %H:%M} UTC unless the payment "
+                        "method is updated: the customer came back but the retry was declined"
+                    )
+                    after.schedule(NextAction.FINAL_ACTION, final_at, reason)
+                    after.record(now, EventKind.FINAL_ACTION_SCHEDULED, reason, final_at=final_at.isoformat())
+                    self._save(uow, [after], release_claims=True)
+                    uow.commit()
+                return Reactivation(ReactivationOutcome.PAYMENT_DECLINED, case_id=case.id, paid=None)
+
+        return _redo_on_conflict(settle)
 
     @staticmethod
     def _activate(
@@ -741,23 +751,21 @@ class Engine:
         now = require_aware("now", now).astimezone(UTC)
         if not reason.strip():
             raise ValueError("reason: say why the case is written off")
-        for attempt in range(1, CONCURRENCY_RETRIES + 1):
-            try:
-                with self.store.unit_of_work() as uow:
-                    cases = uow.load_bundles([case_id], now)
-                    if not cases:
-                        raise LookupError(f"no case {case_id!r}")
-                    case = cases[0].case
-                    who = f" by {operator}" if operator else ""
-                    case.transition_to(CaseStatus.WRITTEN_OFF, at=now, reason=f"written off{who}: {reason}")
-                    uow.set_invoice_status(case.invoice_id, InvoiceStatus.UNCOLLECTIBLE, now)
-                    self._save(uow, [case], release_claims=True)
-                    uow.commit()
-                    return case
-            except ConcurrentUpdate:
-                if attempt == CONCURRENCY_RETRIES:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def write_off_once() -> DunningCase:
+            with self.store.unit_of_work() as uow:
+                cases = uow.load_bundles([case_id], now)
+                if not cases:
+                    raise LookupError(f"no case {case_id!r}")
+                case = cases[0].case
+                who = f" by {operator}" if operator else ""
+                case.transition_to(CaseStatus.WRITTEN_OFF, at=now, reason=f"written off{who}: {reason}")
+                uow.set_invoice_status(case.invoice_id, InvoiceStatus.UNCOLLECTIBLE, now)
+                self._save(uow, [case], release_claims=True)
+                uow.commit()
+                return case
+
+        return _redo_on_conflict(write_off_once)
 
     # ------------------------------------------------------------------ operators
 
@@ -881,25 +889,23 @@ class Engine:
         on fresh state when a worker changed the case meanwhile)."""
         if not operator.strip():
             raise ValueError("operator: say who acts")
-        for attempt in range(1, CONCURRENCY_RETRIES + 1):
-            try:
-                with self.store.unit_of_work() as uow:
-                    bundles = uow.load_bundles([case_id], now)
-                    if not bundles:
-                        raise LookupError(f"no case {case_id!r}")
-                    bundle = bundles[0]
-                    if not bundle.case.is_active:
-                        raise IllegalTransition(
-                            "case.status", f"{case_id}: the case is {bundle.case.status}; nothing to act on"
-                        )
-                    change(uow, bundle)
-                    self._save(uow, [bundle.case], release_claims=False)
-                    uow.commit()
-                    return bundle.case
-            except ConcurrentUpdate:
-                if attempt == CONCURRENCY_RETRIES:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def operate_once() -> DunningCase:
+            with self.store.unit_of_work() as uow:
+                bundles = uow.load_bundles([case_id], now)
+                if not bundles:
+                    raise LookupError(f"no case {case_id!r}")
+                bundle = bundles[0]
+                if not bundle.case.is_active:
+                    raise IllegalTransition(
+                        "case.status", f"{case_id}: the case is {bundle.case.status}; nothing to act on"
+                    )
+                change(uow, bundle)
+                self._save(uow, [bundle.case], release_claims=False)
+                uow.commit()
+                return bundle.case
+
+        return _redo_on_conflict(operate_once)
 
     def _load_case(self, case_id: str, now: datetime) -> DunningCase:
         with self.store.unit_of_work() as uow:
