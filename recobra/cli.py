@@ -1101,7 +1101,8 @@ def api_keys_revoke(
     config: ConfigOpt = None,
     database_url: DbOpt = None,
 ) -> None:
-    """Revoke a key: requests with it are refused at once."""
+    """Revoke a key: a running service refuses it within 2 seconds (its memory of keys it
+    verified a moment ago)."""
     from recobra.store.keys import get_key, revoke_key  # noqa: PLC0415
 
     with _opened_store(config, database_url) as store:
