@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -21,10 +22,14 @@ pytestmark = pytest.mark.slow
 SECRET = "s" * 40
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
+# The served worker ticks on the wall clock: a failure from today has nothing due yet,
+# so the case is still open whenever the test looks (one from months ago would be
+# retried, and could be closed, between two requests).
+TODAY = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 EVENT = {
     "id": "evt_serve_1",
     "type": "payment_failed",
-    "occurred_at": "2026-03-02T15:00:00Z",
+    "occurred_at": TODAY,
     "customer": {
         "id": "cus_1",
         "email": "ana@example.com",
@@ -32,7 +37,7 @@ EVENT = {
         "timezone": "America/Bogota",
         "country": "CO",
     },
-    "invoice": {"id": "in_1", "amount_minor": 4900, "currency": "USD", "created_at": "2026-03-02T15:00:00Z"},
+    "invoice": {"id": "in_1", "amount_minor": 4900, "currency": "USD", "created_at": TODAY},
     "payment_method": {
         "id": "pm_1",
         "gateway_token": "tok_sim_decline_insufficient_funds",
