@@ -365,7 +365,51 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             dbapi_conn.isolation_level = None
 
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True)
+    engine = create_engine(url, echo=echo, pool_pre_ping=True)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _writes_before_reads(conn: Connection, *_args: Any) -> None:
+        # A statement that may read what the unit of work wrote: send its writes first.
+        if conn.info.get(_PENDING):
+            _flush_writes(conn)
+
+    return engine
+
+
+_PENDING = "recobra_pending_writes"
+"""Key, in a PostgreSQL connection's ``info``, of a unit of work's writes not sent yet
+(``_send_write``): present while a unit of work runs on the connection."""
+
+
+def _send_write(conn: Connection, sql: str, params: dict[str, Any]) -> None:
+    """Run a write whose result nobody reads. In a unit of work on PostgreSQL it is kept
+    and sent with the others in one pipeline (``_flush_writes``) just before the next
+    statement or the commit: a transaction's writes then cost one round trip, not one
+    each, and skip SQLAlchemy's per-statement work (its parameters are the driver's)."""
+    pending = conn.info.get(_PENDING)
+    if pending is None:
+        conn.exec_driver_sql(sql, params)
+    else:
+        pending.append((sql, params))
+
+
+def _flush_writes(conn: Connection) -> None:
+    """Send the unit of work's pending writes in one psycopg pipeline, in order. An error
+    (a deadlock, a constraint) is raised as SQLAlchemy raises it for any statement."""
+    pending: list[tuple[str, dict[str, Any]]] = conn.info[_PENDING]
+    batch = pending[:]
+    pending.clear()
+    raw = conn.connection.driver_connection
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        with raw.pipeline(), raw.cursor() as cursor:  # type: ignore[union-attr]
+            for sql, params in batch:
+                cursor.execute(sql, params)
+    except dbapi_error as exc:
+        # The database's message names the table and constraint; which of the writes
+        # failed is not known until the pipeline's end, so the statement is not shown.
+        what = f"one of {len(batch)} writes sent together"
+        raise DBAPIError.instance(what, None, exc, dbapi_error, dialect=conn.dialect) from exc
 
 
 def _by_id(row: dict[str, Any]) -> Any:
@@ -384,6 +428,15 @@ def _retryable(exc: DBAPIError) -> bool:
     return code in _RETRYABLE_SQLSTATES or "database is locked" in text or same_event
 
 
+def _driver_sql(conn: Connection, stmt: Any) -> str:
+    """``stmt`` compiled for ``conn``'s driver (its parameters by name), once."""
+    key = ("driver-sql", conn.dialect.name, stmt)
+    sql = _STATEMENTS.get(key)
+    if sql is None:
+        sql = _STATEMENTS[key] = str(stmt.compile(dialect=conn.dialect))
+    return str(sql)
+
+
 def _upsert(
     conn: Connection,
     table: Any,
@@ -391,14 +444,21 @@ def _upsert(
     keys: Sequence[str],
     keep: Sequence[str] = (),
     before: Sequence[str] = (),
+    *,
+    shared: bool = False,
 ) -> None:
     """Insert or update ``rows`` by ``keys``; columns in ``keep`` are written on insert
     only. SQLite: INSERT ... ON CONFLICT DO UPDATE, one executemany. PostgreSQL: one
-    statement (``_pg_insert``, with the WITH queries ``before``) that updates only the
-    rows whose values differ and inserts the new ones. Rows already as given are left
-    alone, unlocked: many events carry the same plan, and rewriting its row each time
-    made every transaction wait for the previous one's commit. Statements are built
-    once per (dialect, table, columns): building them costs more than running them."""
+    statement (``_pg_insert``, with the WITH queries ``before``) that rewrites only the
+    rows whose values differ and inserts the new ones: ``INSERT ... ON CONFLICT DO
+    UPDATE ... WHERE`` the row differs, which finds existing rows through the key's
+    unique index whatever the planner thinks of the table. That statement still locks
+    the existing rows it leaves alone, until commit; rows ``shared`` by many events'
+    transactions (plans) are written instead by an UPDATE of the rows that differ
+    followed by an INSERT of the new ones, which leaves unchanged rows unlocked: many
+    events carry the same plan, and locking its row made every transaction wait for
+    the previous one's commit. Statements are built once per (dialect, table,
+    columns): building them costs more than running them."""
     if not rows:
         return
     dialect = conn.dialect.name
@@ -413,12 +473,18 @@ def _upsert(
         merged[k] = row if first is None else {**row, **{c: first[c] for c in keep}}
     rows = [merged[k] for k in sorted(merged)]
     if dialect == "postgresql":
-        key = ("pg-upsert", table.name, cols, tuple(keys), tuple(keep), tuple(before))
-        prefix = _STATEMENTS.get(key)
-        if prefix is None:
-            prefix = _STATEMENTS[key] = _pg_upsert_prefix(table, cols, keys, keep, before)
-        target = ", ".join(f'"{k}"' for k in keys)
-        _pg_insert(conn, table, rows, f"ON CONFLICT ({target}) DO NOTHING", prefix)
+        key = ("pg-upsert", table.name, cols, tuple(keys), tuple(keep), tuple(before), shared)
+        clauses = _STATEMENTS.get(key)
+        if clauses is None:
+            clauses = _STATEMENTS[key] = (
+                (
+                    _pg_upsert_prefix(table, cols, keys, keep, before)
+                    if shared
+                    else ("WITH " + ", ".join(before) if before else "")
+                ),
+                _pg_upsert_conflict(table, cols, keys, keep, shared),
+            )
+        _pg_insert(conn, table, rows, clauses[1], clauses[0])
         return
     cache_key = ("upsert", dialect, table.name, cols, tuple(keys), tuple(keep))
     stmt = _STATEMENTS.get(cache_key)
@@ -432,6 +498,27 @@ def _upsert(
         )
         _STATEMENTS[cache_key] = stmt
     conn.execute(stmt, rows)
+
+
+def _pg_upsert_conflict(
+    table: Any, cols: Sequence[str], keys: Sequence[str], keep: Sequence[str], shared: bool
+) -> str:
+    """The ON CONFLICT clause of ``_upsert`` on PostgreSQL: DO NOTHING when the rows
+    were updated beforehand (``shared``) or have nothing to update; otherwise DO UPDATE
+    of the rows whose values differ."""
+    target = ", ".join(f'"{k}"' for k in keys)
+    updates = [c for c in cols if c not in keys and c not in keep]
+    if shared or not updates:
+        return f"ON CONFLICT ({target}) DO NOTHING"
+    json_cols = {c.name for c in table.columns if isinstance(c.type, JSON)}
+
+    def compared(c: str, side: str) -> str:  # json has no equality: compare its text
+        return f'{side}."{c}"::text' if c in json_cols else f'{side}."{c}"'
+
+    sets = ", ".join(f'"{c}" = excluded."{c}"' for c in updates)
+    old = ", ".join(compared(c, f'"{table.name}"') for c in updates)
+    new = ", ".join(compared(c, "excluded") for c in updates)
+    return f"ON CONFLICT ({target}) DO UPDATE SET {sets} WHERE ROW({old}) IS DISTINCT FROM ROW({new})"
 
 
 def _pg_upsert_prefix(
@@ -510,7 +597,7 @@ def _pg_insert(
     if defaults:
         rows = [{**r, **defaults} for r in rows]
     document = json.dumps(rows, default=_json_value, ensure_ascii=False, separators=(",", ":"))
-    conn.exec_driver_sql(sql, {"rows": document})
+    _send_write(conn, sql, {"rows": document})
 
 
 def _insert(conn: Connection, stmt: Any, table: Any, rows: list[dict[str, Any]], conflict: str = "") -> None:
@@ -658,12 +745,15 @@ class SqlUnitOfWork:
     def __enter__(self) -> SqlUnitOfWork:
         self.conn = self._engine.connect().execution_options(recobra_write=True)
         self._tx = self.conn.begin()
+        if self.conn.dialect.name == "postgresql":
+            self.conn.info[_PENDING] = []
         self._invoice_statuses: dict[str, dict[str, Any]] = {}
         self._subscription_statuses: dict[str, str] = {}
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
+            self.conn.info.pop(_PENDING, None)  # unsent writes die with the transaction
             if self._tx.is_active:
                 self._tx.rollback()
         finally:
@@ -676,15 +766,22 @@ class SqlUnitOfWork:
     def commit(self) -> None:
         # Status changes are buffered and written in two statements at the end: a tick
         # changes hundreds of invoices and subscriptions, and nothing reads them back.
-        if self._invoice_statuses:
-            # In key order, like every multi-row write: concurrent writers then take
-            # their row locks in the same order and cannot deadlock.
-            self.conn.execute(_SET_INVOICE_STATUS, sorted(self._invoice_statuses.values(), key=_by_id))
-        if self._subscription_statuses:
-            self.conn.execute(
-                _SET_SUBSCRIPTION_STATUS,
-                [{"k_id": k, "v_status": v} for k, v in sorted(self._subscription_statuses.items())],
-            )
+        # In key order, like every multi-row write: concurrent writers then take their
+        # row locks in the same order and cannot deadlock.
+        invoices = sorted(self._invoice_statuses.values(), key=_by_id)
+        subscriptions = [{"k_id": k, "v_status": v} for k, v in sorted(self._subscription_statuses.items())]
+        if _PENDING in self.conn.info:  # PostgreSQL: with the other writes, then COMMIT
+            for stmt, rows in ((_SET_INVOICE_STATUS, invoices), (_SET_SUBSCRIPTION_STATUS, subscriptions)):
+                sql = _driver_sql(self.conn, stmt)
+                for row in rows:
+                    _send_write(self.conn, sql, row)
+            if self.conn.info[_PENDING]:
+                _flush_writes(self.conn)
+        else:
+            if invoices:
+                self.conn.execute(_SET_INVOICE_STATUS, invoices)
+            if subscriptions:
+                self.conn.execute(_SET_SUBSCRIPTION_STATUS, subscriptions)
         self._tx.commit()
 
     # -- events
@@ -772,6 +869,7 @@ class SqlUnitOfWork:
                 for p in plans.values()
             ],
             ["id"],
+            shared=True,
         )
         _upsert(
             self.conn,

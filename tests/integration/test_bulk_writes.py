@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from conftest import T0, TEST_POLICY, Commands, Db, EngineFactory
+from sqlalchemy.exc import IntegrityError
 
 from recobra.domain.messages import ChannelKind, MessageKind, OutboxEntry
 from recobra.domain.model import SubscriptionStatus
@@ -189,3 +190,37 @@ def test_a_reference_row_given_again_unchanged_is_left_alone(
     assert plan["name"] == "Pro (2026)"
     if backend == "postgresql":
         assert plan_version() != written
+
+
+def test_a_unit_of_work_reads_what_it_wrote_before_committing(store: SqlStore, commands: Commands) -> None:
+    """On PostgreSQL writes wait to be sent together: any statement sends them first."""
+    with store.unit_of_work() as uow:
+        uow.upsert_customers([commands.customer("1")])
+        uow.upsert_payment_methods([commands.card("1")])
+        assert uow.known_customers(["cus_1", "cus_2"]) == {"cus_1"}
+        uow.commit()
+    with store.unit_of_work() as uow:
+        assert uow.known_customers(["cus_1"]) == {"cus_1"}
+
+
+def test_a_write_that_fails_fails_the_unit_of_work_and_leaves_nothing(
+    store: SqlStore, commands: Commands, db: Db
+) -> None:
+    """A write refused by the database (here a card of an unknown customer) raises the
+    database's error, as SQLAlchemy names it, whenever it is sent; nothing is kept."""
+
+    def write() -> None:
+        with store.unit_of_work() as uow:
+            uow.upsert_customers([commands.customer("1")])
+            uow.upsert_payment_methods([replace(commands.card("1"), customer_id="cus_nobody")])
+            uow.commit()
+
+    with pytest.raises(IntegrityError, match="payment_methods"):
+        write()
+    assert db.count("customers") == 0
+    assert db.count("payment_methods") == 0
+    # The connection goes back to the pool clean: the next unit of work writes normally.
+    with store.unit_of_work() as uow:
+        uow.upsert_customers([commands.customer("2")])
+        uow.commit()
+    assert [c["id"] for c in db.rows("customers")] == ["cus_2"]
