@@ -132,10 +132,13 @@ def fit_local_hours(
     for _ in range(15):
         if not timing.weekdays_only or is_business_day(day, country, holidays):
             start = datetime.combine(day, time(timing.start_hour), zone).astimezone(UTC)
-            candidate = max(instant, start)
-            local = candidate.astimezone(zone)
-            if local.date() == day and timing.start_hour <= local.hour < timing.end_hour:
-                return candidate
+            # The instant itself first: when the window opens inside a daylight-saving
+            # jump, its start hour does not exist and ``start`` (read with the offset
+            # before the jump) falls after a window the instant may already be in.
+            for candidate in (instant, max(instant, start)):
+                local = candidate.astimezone(zone)
+                if local.date() == day and timing.start_hour <= local.hour < timing.end_hour:
+                    return candidate
         day += timedelta(days=1)
         instant = max(instant, datetime.combine(day, time(0), zone).astimezone(UTC))
     raise AssertionError("a retry hour always exists within two weeks")  # pragma: no cover

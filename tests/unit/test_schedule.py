@@ -392,6 +392,14 @@ instants = st.one_of(any_instants, near_dst)
 
 @settings(max_examples=200, deadline=None)
 @given(at=instants, zone=zones, timing=timings(), country=st.sampled_from(COUNTRIES))
+# Found by this test: 03:45 on Chatham's spring-forward day, inside a 03:00-04:00
+# window whose 03:00 does not exist that day (the clocks go from 02:45 to 03:45).
+@example(
+    at=datetime(2026, 9, 26, 14, 0, tzinfo=UTC),
+    zone=ZoneInfo("Pacific/Chatham"),
+    timing=Timing(start_hour=3, end_hour=4, payday_hour=3, jitter_minutes=0),
+    country="MX",
+)
 def test_fit_local_hours_property(at: datetime, zone: ZoneInfo, timing: Timing, country: str) -> None:
     fitted = fit_local_hours(at, zone, timing, country, HOLIDAYS)
     # Compare instants: aware datetimes sharing a tzinfo compare by wall clock.
