@@ -250,15 +250,19 @@ _UNSET_OTHER_DEFAULTS = (
     )
     .values(is_default=False)
 )
-# The same, as a WITH query of the payment methods' upsert on PostgreSQL (one round
-# trip for both). It cannot touch a row the upsert writes: those ids are excluded.
-_DEFAULT_METHODS_IN = (
-    "SELECT d.{0} FROM json_populate_recordset(NULL::payment_methods, %(rows)s::json) AS d WHERE d.is_default"
+# The same on PostgreSQL, one statement per new default card (sent together with the
+# unit of work's other writes): an equality on the indexed customer_id is looked up
+# through the index whatever the table's statistics say; with a list of customers
+# (IN, = ANY) the planner scanned the whole table while its statistics lagged.
+_UNSET_OTHER_DEFAULT_PG = (
+    "UPDATE payment_methods SET is_default = false"
+    " WHERE customer_id = %(customer_id)s AND is_default AND id <> %(id)s"
 )
-_UNSET_OTHER_DEFAULTS_PG = (
-    "unset AS (UPDATE payment_methods SET is_default = false WHERE is_default"
-    f" AND customer_id IN ({_DEFAULT_METHODS_IN.format('customer_id')})"
-    f" AND id NOT IN ({_DEFAULT_METHODS_IN.format('id')}))"
+# A case per invoice: each invoice looked up through the index (the OFFSET 0 keeps the
+# planner from turning the lookups into a join that may scan the table).
+_CASES_BY_INVOICE_PG = (
+    "SELECT c.* FROM unnest(%(ids)s::text[]) AS k(invoice_id),"
+    " LATERAL (SELECT * FROM cases WHERE cases.invoice_id = k.invoice_id OFFSET 0) AS c"
 )
 _invoices_t = InvoiceRow.__table__
 _SET_INVOICE_STATUS = (
@@ -396,19 +400,37 @@ def _send_write(conn: Connection, sql: str, params: dict[str, Any]) -> None:
 def _flush_writes(conn: Connection) -> None:
     """Send the unit of work's pending writes in one psycopg pipeline, in order. An error
     (a deadlock, a constraint) is raised as SQLAlchemy raises it for any statement."""
+    _pipeline(conn, None, {})
+
+
+def _pg_read(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+    """PostgreSQL, in a unit of work: the unit of work's pending writes and then the
+    query ``sql``, in one pipeline (one round trip); its rows, by column name."""
+    return _pipeline(conn, sql, params)
+
+
+def _pipeline(conn: Connection, query: str | None, params: dict[str, Any]) -> list[Any]:
+    from psycopg.rows import namedtuple_row  # noqa: PLC0415 (PostgreSQL only)
+
     pending: list[tuple[str, dict[str, Any]]] = conn.info[_PENDING]
     batch = pending[:]
     pending.clear()
-    raw = conn.connection.driver_connection
+    raw: Any = conn.connection.driver_connection
     dbapi_error = conn.dialect.loaded_dbapi.Error
     try:
-        with raw.pipeline(), raw.cursor() as cursor:  # type: ignore[union-attr]
-            for sql, params in batch:
-                cursor.execute(sql, params)
+        with raw.pipeline():
+            with raw.cursor() as cursor:
+                for sql, values in batch:
+                    cursor.execute(sql, values)
+            if query is None:
+                return []
+            with raw.cursor(row_factory=namedtuple_row) as cursor:
+                cursor.execute(query, params)
+                return list(cursor.fetchall())
     except dbapi_error as exc:
         # The database's message names the table and constraint; which of the writes
         # failed is not known until the pipeline's end, so the statement is not shown.
-        what = f"one of {len(batch)} writes sent together"
+        what = f"one of {len(batch) + (query is not None)} statements sent together"
         raise DBAPIError.instance(what, None, exc, dbapi_error, dialect=conn.dialect) from exc
 
 
@@ -571,6 +593,14 @@ def _pg_insert(
     a case: about twenty rows (the case, its timeline, its attempt, its messages ...).
     ``conflict`` is the ON CONFLICT clause, if any; ``before``, a WITH clause that may
     read the same rows (``%(rows)s``)."""
+    sql, document = _pg_insert_document(table, rows, conflict, before)
+    _send_write(conn, sql, {"rows": document})
+
+
+def _pg_insert_document(
+    table: Any, rows: list[dict[str, Any]], conflict: str = "", before: str = ""
+) -> tuple[str, str]:
+    """``_pg_insert``'s statement (built once) and its rows as one JSON document."""
     given = tuple(rows[0])
     key = ("pg-insert", table.name, given, conflict, before)
     entry = _STATEMENTS.get(key)
@@ -596,8 +626,7 @@ def _pg_insert(
     sql, defaults = entry
     if defaults:
         rows = [{**r, **defaults} for r in rows]
-    document = json.dumps(rows, default=_json_value, ensure_ascii=False, separators=(",", ":"))
-    _send_write(conn, sql, {"rows": document})
+    return sql, json.dumps(rows, default=_json_value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _insert(conn: Connection, stmt: Any, table: Any, rows: list[dict[str, Any]], conflict: str = "") -> None:
@@ -776,6 +805,9 @@ class SqlUnitOfWork:
                 for row in rows:
                     _send_write(self.conn, sql, row)
             if self.conn.info[_PENDING]:
+                # The COMMIT goes in the same round trip; the driver's own commit that
+                # follows finds the transaction ended and sends nothing.
+                _send_write(self.conn, "COMMIT", {})
                 _flush_writes(self.conn)
         else:
             if invoices:
@@ -796,9 +828,13 @@ class SqlUnitOfWork:
         # by a concurrent writer makes PostgreSQL wait for that writer's outcome: once
         # it commits, the id is a duplicate here; should it roll back, it is fresh.
         # In key order, so that two such writers cannot deadlock.
-        result = self.conn.execute(
-            _remember_statement(self.conn.dialect.name), [rows[k] for k in sorted(rows)]
-        )
+        ordered = [rows[k] for k in sorted(rows)]
+        if _PENDING in self.conn.info:  # PostgreSQL: one statement whose text never changes
+            sql, document = _pg_insert_document(
+                ProcessedEventRow.__table__, ordered, "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+            )
+            return {r.event_id for r in _pg_read(self.conn, sql, {"rows": document})}
+        result = self.conn.execute(_remember_statement(self.conn.dialect.name), ordered)
         return set(result.scalars())
 
     # -- reference data
@@ -824,8 +860,10 @@ class SqlUnitOfWork:
 
     def upsert_payment_methods(self, methods: Sequence[PaymentMethod]) -> None:
         defaults = [m for m in methods if m.is_default]
-        postgres = self.conn.dialect.name == "postgresql"
-        if defaults and not postgres:  # (on PostgreSQL, in the upsert's own statement)
+        if defaults and self.conn.dialect.name == "postgresql":
+            for m in sorted(defaults, key=lambda m: (m.customer_id, m.id)):
+                _send_write(self.conn, _UNSET_OTHER_DEFAULT_PG, {"customer_id": m.customer_id, "id": m.id})
+        elif defaults:
             self.conn.execute(
                 _UNSET_OTHER_DEFAULTS,
                 {"customers": list({m.customer_id for m in defaults}), "ids": [m.id for m in defaults]},
@@ -848,7 +886,6 @@ class SqlUnitOfWork:
                 for m in methods
             ],
             ["id"],
-            before=[_UNSET_OTHER_DEFAULTS_PG] if defaults and postgres else [],
         )
 
     def upsert_subscriptions(
@@ -929,7 +966,11 @@ class SqlUnitOfWork:
     def cases_for_invoices(self, invoice_ids: Sequence[str]) -> dict[str, DunningCase]:
         if not invoice_ids:
             return {}
-        rows = self.conn.execute(_CASES_BY_INVOICE, {"ids": list(set(invoice_ids))})
+        ids = sorted(set(invoice_ids))
+        if _PENDING in self.conn.info:  # PostgreSQL: with the writes before it
+            rows: Iterable[Any] = _pg_read(self.conn, _CASES_BY_INVOICE_PG, {"ids": ids})
+        else:
+            rows = self.conn.execute(_CASES_BY_INVOICE, {"ids": ids})
         return {r.invoice_id: _case_from_row(r) for r in rows}
 
     def active_cases(
