@@ -466,13 +466,12 @@ def _upsert(
     rows: list[dict[str, Any]],
     keys: Sequence[str],
     keep: Sequence[str] = (),
-    before: Sequence[str] = (),
     *,
     shared: bool = False,
 ) -> None:
     """Insert or update ``rows`` by ``keys``; columns in ``keep`` are written on insert
     only. SQLite: INSERT ... ON CONFLICT DO UPDATE, one executemany. PostgreSQL: one
-    statement (``_pg_insert``, with the WITH queries ``before``) that rewrites only the
+    statement (``_pg_insert``) that rewrites only the
     rows whose values differ and inserts the new ones: ``INSERT ... ON CONFLICT DO
     UPDATE ... WHERE`` the row differs, which finds existing rows through the key's
     unique index whatever the planner thinks of the table. That statement still locks
@@ -496,15 +495,11 @@ def _upsert(
         merged[k] = row if first is None else {**row, **{c: first[c] for c in keep}}
     rows = [merged[k] for k in sorted(merged)]
     if dialect == "postgresql":
-        key = ("pg-upsert", table.name, cols, tuple(keys), tuple(keep), tuple(before), shared)
+        key = ("pg-upsert", table.name, cols, tuple(keys), tuple(keep), shared)
         clauses = _STATEMENTS.get(key)
         if clauses is None:
             clauses = _STATEMENTS[key] = (
-                (
-                    _pg_upsert_prefix(table, cols, keys, keep, before)
-                    if shared
-                    else ("WITH " + ", ".join(before) if before else "")
-                ),
+                _pg_upsert_prefix(table, cols, keys, keep) if shared else "",
                 _pg_upsert_conflict(table, cols, keys, keep, shared),
             )
         _pg_insert(conn, table, rows, clauses[1], clauses[0])
@@ -544,14 +539,12 @@ def _pg_upsert_conflict(
     return f"ON CONFLICT ({target}) DO UPDATE SET {sets} WHERE ROW({old}) IS DISTINCT FROM ROW({new})"
 
 
-def _pg_upsert_prefix(
-    table: Any, cols: Sequence[str], keys: Sequence[str], keep: Sequence[str], before: Sequence[str]
-) -> str:
-    """The WITH clause of ``_upsert`` on PostgreSQL: the ``before`` queries, then an
-    UPDATE of the existing rows whose values differ from the given ones (rows left
-    alone are not locked; the INSERT that follows skips every existing row)."""
+def _pg_upsert_prefix(table: Any, cols: Sequence[str], keys: Sequence[str], keep: Sequence[str]) -> str:
+    """The WITH clause of a ``shared`` ``_upsert`` on PostgreSQL: an UPDATE of the
+    existing rows whose values differ from the given ones (rows left alone are not
+    locked; the INSERT that follows skips every existing row)."""
     updates = [c for c in cols if c not in keys and c not in keep]
-    queries = list(before)
+    queries: list[str] = []
     if updates:
         json_cols = {c.name for c in table.columns if isinstance(c.type, JSON)}
 
@@ -802,8 +795,8 @@ class SqlUnitOfWork:
             raise ConcurrentUpdate(f"concurrent writers collided: {exc.orig}") from exc
 
     def commit(self) -> None:
-        # Status changes are buffered and written in two statements at the end: a tick
-        # changes hundreds of invoices and subscriptions, and nothing reads them back.
+        # Status changes are buffered and written together at the end: a tick changes
+        # hundreds of invoices and subscriptions, and nothing reads them back.
         # In key order, like every multi-row write: concurrent writers then take their
         # row locks in the same order and cannot deadlock.
         invoices = sorted(self._invoice_statuses.values(), key=_by_id)
