@@ -243,6 +243,15 @@ def _subscription(sub: SubscriptionRow, plan: PlanRow) -> SubscriptionDetail:
     )
 
 
+def _first_or_404(services: Services, stmt: Any, missing: str) -> Any:
+    """The first row ``stmt`` selects, or a 404 problem whose detail is ``missing``."""
+    with Session(services.store.engine) as session:
+        row = session.execute(stmt).first()
+    if row is None:
+        raise Problem(404, "Not found", missing)
+    return row
+
+
 def _invoice(row: InvoiceRow, case_id: str | None) -> InvoiceOut:
     return InvoiceOut(
         id=row.id,
@@ -335,11 +344,7 @@ def get_subscription(subscription_id: Id, services: ServicesDep) -> Subscription
         .join(PlanRow, PlanRow.id == SubscriptionRow.plan_id)
         .where(SubscriptionRow.id == subscription_id)
     )
-    with Session(services.store.engine) as session:
-        row = session.execute(stmt).first()
-    if row is None:
-        raise Problem(404, "Not found", f"no subscription {subscription_id!r}")
-    return _subscription(*row)
+    return _subscription(*_first_or_404(services, stmt, f"no subscription {subscription_id!r}"))
 
 
 def _invoices() -> Any:
@@ -375,11 +380,8 @@ def list_invoices(
     responses={**NOT_FOUND, **INVALID},
 )
 def get_invoice(invoice_id: Id, services: ServicesDep) -> InvoiceOut:
-    with Session(services.store.engine) as session:
-        row = session.execute(_invoices().where(InvoiceRow.id == invoice_id)).first()
-    if row is None:
-        raise Problem(404, "Not found", f"no invoice {invoice_id!r}")
-    return _invoice(*row)
+    stmt = _invoices().where(InvoiceRow.id == invoice_id)
+    return _invoice(*_first_or_404(services, stmt, f"no invoice {invoice_id!r}"))
 
 
 @router.get("/payment-methods", summary="List payment methods, by id", responses=INVALID)
@@ -459,11 +461,7 @@ def get_attempt(
         .join(CaseRow, CaseRow.id == AttemptRow.case_id)
         .where(AttemptRow.id == attempt_id)
     )
-    with Session(services.store.engine) as session:
-        row = session.execute(stmt).first()
-    if row is None:
-        raise Problem(404, "Not found", f"no attempt {attempt_id}")
-    return _attempt_detail(*row)
+    return _attempt_detail(*_first_or_404(services, stmt, f"no attempt {attempt_id}"))
 
 
 __all__ = ["after_desc", "bad_cursor", "decode_cursor", "encode_cursor", "router"]
