@@ -4,6 +4,7 @@
     python benchmarks/ingest.py                       # a temporary SQLite file
     python benchmarks/ingest.py --batch 10            # ten events per request
     python benchmarks/ingest.py --workers 1 --concurrency 32
+    python benchmarks/ingest.py --rate 1000 --events 20000   # 1,000 events/s offered
 
 Starts ``recobra serve`` on loopback against a fresh schema (the database's Recobra
 tables are dropped first: give it one of its own), creates an API key, then sends
@@ -11,6 +12,12 @@ tables are dropped first: give it one of its own), creates an API key, then send
 ``--concurrency`` keep-alive connections, checks that every event opened its case, and
 prints events per second, request latency percentiles, and the share of the machine's
 CPU taken by the client, the server's processes, PostgreSQL and everything else.
+
+Without ``--rate`` each connection sends its next request as soon as the last one is
+answered: the server's most, with latency measured at saturation. With ``--rate``
+requests are sent on a fixed schedule whatever the server does, as independent
+clients would, and each one's latency counts from when it was due: latency at a
+given load, backlog included.
 """
 
 from __future__ import annotations
@@ -100,22 +107,40 @@ def request_bytes(port: int, key: str, body: list[dict[str, object]]) -> bytes:
     return head.encode("ascii") + payload
 
 
-async def load(port: int, requests: list[bytes], concurrency: int) -> list[float]:
-    """``concurrency`` keep-alive connections, each sending its next request as soon as
-    the previous one is answered; returns every request's latency in seconds.
+async def load(port: int, requests: list[bytes], concurrency: int, interval: float | None) -> list[float]:
+    """``concurrency`` keep-alive connections send the requests; returns every request's
+    latency in seconds.
+
+    Without ``interval`` (a closed loop), each connection sends its next request as
+    soon as the previous one is answered: the server runs flat out, and latency is
+    measured at saturation. With ``interval`` (an open loop, as clients in the wild
+    behave), request ``i`` is due at ``i * interval`` seconds after the start whatever
+    the server does, and its latency runs from that moment, not from when a connection
+    was free to send it: a server that falls behind sees its backlog counted against
+    it (no "coordinated omission").
 
     A minimal HTTP/1.1 client on asyncio streams, so that the load takes little of the
     machine's CPU time from the server (it is measured and printed)."""
     latencies: list[float] = []
-    queue = list(reversed(requests))
+    next_index = 0
+    connections = await asyncio.gather(
+        *(asyncio.open_connection("127.0.0.1", port) for _ in range(concurrency))
+    )
+    start = time.perf_counter()
 
-    async def client() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal next_index
         try:
-            while queue:
-                request = queue.pop()
-                started = time.perf_counter()
-                writer.write(request)
+            while next_index < len(requests):
+                i = next_index
+                next_index += 1
+                if interval is None:
+                    started = time.perf_counter()
+                else:
+                    started = start + i * interval
+                    if (wait := started - time.perf_counter()) > 0:
+                        await asyncio.sleep(wait)
+                writer.write(requests[i])
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = 0
                 for line in head.split(b"\r\n"):
@@ -129,7 +154,7 @@ async def load(port: int, requests: list[bytes], concurrency: int) -> list[float
         finally:
             writer.close()
 
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    await asyncio.gather(*(client(r, w) for r, w in connections))
     return latencies
 
 
@@ -269,6 +294,7 @@ def figures(
         "events": args.events,
         "events_per_request": args.batch,
         "concurrency": args.concurrency,
+        "offered_events_per_second": args.rate or "as fast as answered",
         "server_processes": args.workers or "default",
         "wall_seconds": round(wall, 2),
         "events_per_second": round(args.events / wall, 1),
@@ -304,9 +330,22 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=1, help="events per request")
-    parser.add_argument("--concurrency", type=int, default=8, help="concurrent connections")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="connections (default: 8, or 32 with --rate)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="events per second offered, on a fixed schedule (an open loop); default: as fast "
+        "as the server answers",
+    )
     parser.add_argument("--workers", type=int, default=None, help="server processes (default: serve's)")
     args = parser.parse_args()
+    if args.concurrency is None:
+        args.concurrency = 8 if args.rate is None else 32
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be positive")
     with fresh_database(args.database_url) as url:
         key = api_key(url)
         port = free_port()
@@ -322,7 +361,8 @@ def main() -> None:
             load_before = os.getloadavg()[0]
             before = cpu_snapshot(server.pid)
             started = time.perf_counter()
-            latencies = asyncio.run(load(port, requests, args.concurrency))
+            interval = None if args.rate is None else args.batch / args.rate
+            latencies = asyncio.run(load(port, requests, args.concurrency, interval))
             wall = time.perf_counter() - started
             after = cpu_snapshot(server.pid)
         except RuntimeError:
