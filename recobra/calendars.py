@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from datetime import date
 
@@ -20,6 +21,12 @@ class PublicHolidays:
     def __init__(self) -> None:
         self._cache: dict[tuple[str, int], frozenset[date]] = {}
         self._unknown: set[str] = set()
+
+    def load(self) -> None:
+        """Load the library's country data now rather than when the first case asks: the
+        library imports every country's module on first use (about 50 ms), which a
+        long-lived server pays at start-up instead of in a request."""
+        importlib.import_module("holidays.countries")
 
     def is_holiday(self, country: str, day: date) -> bool:
         key = (country, day.year)

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -29,6 +29,9 @@ from recobra.settings import Settings, SettingsError, load_settings
 from recobra.store.migrate import upgrade
 from recobra.store.sql import make_engine
 from recobra.stripe import cli as stripe_cli
+
+if TYPE_CHECKING:
+    from recobra.web.services import Services
 
 app = typer.Typer(
     help="Recobra: recover failed subscription payments and keep customers.",
@@ -911,19 +914,23 @@ def _cores() -> int:
 
 def _web_app(settings: Settings) -> Any:
     """One server process's application, built in that process (``--workers`` > 1)."""
-    from recobra.web.app import create_app  # noqa: PLC0415
     from recobra.web.services import Services  # noqa: PLC0415
 
     # Each process claims cases (immediate retries) under a name of its own.
     own = settings.model_copy(update={"worker_id": f"{settings.worker_id}.{os.getpid()}"})
-    return _long_lived(create_app(Services.from_settings(own)))
+    return _long_lived(Services.from_settings(own))
 
 
-def _long_lived(app: Any) -> Any:
-    """``app``, with everything built so far moved out of the garbage collector's sight:
-    the libraries, schemas and policies live as long as the server process. A full
-    collection walked some 175,000 objects and stopped every thread of the service for
-    80-120 ms; it now walks only what was made since (about 18,000 objects under load)."""
+def _long_lived(services: Services) -> Any:
+    """The application on ``services``, warmed up (``Services.warm_up``), with everything
+    built so far moved out of the garbage collector's sight: the libraries, schemas and
+    policies live as long as the server process. A full collection walked some 175,000
+    objects and stopped every thread of the service for 80-120 ms; it now walks only
+    what was made since (about 18,000 objects under load)."""
+    from recobra.web.app import create_app  # noqa: PLC0415
+
+    services.warm_up()
+    app = create_app(services)
     gc.collect()
     gc.freeze()
     return app
@@ -978,7 +985,6 @@ def serve(
 
     import uvicorn  # noqa: PLC0415
 
-    from recobra.web.app import create_app  # noqa: PLC0415
     from recobra.web.services import Services  # noqa: PLC0415
 
     settings = _settings(
@@ -1022,7 +1028,7 @@ def serve(
             started = _serve_processes(settings, host, port, processes)
         else:
             server = uvicorn.Server(
-                uvicorn.Config(_long_lived(create_app(services)), host=host, port=port, log_level="info")
+                uvicorn.Config(_long_lived(services), host=host, port=port, log_level="info")
             )
             server.run()
             started = server.started

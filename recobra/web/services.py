@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from recobra.bootstrap import build_engine, build_policy_library, load_policies, open_store
+from recobra.calendars import PublicHolidays
 from recobra.engine.service import Engine
 from recobra.messages.links import LinkSigner
 from recobra.policyversions import PolicyLibrary
@@ -78,6 +79,16 @@ class Services:
             writers = 1 if self.store.engine.dialect.name == "sqlite" else WRITERS
             self._group_commit = GroupCommit(self.engine.apply_events, writers=writers)
         return self._group_commit
+
+    def warm_up(self) -> None:
+        """Pay the one-time costs of a server process before it takes requests, so that
+        its first requests are not the slow ones: the holiday calendar's data, and the
+        database connections its event writers use (opened and returned to the pool)."""
+        if isinstance(self.engine.holidays, PublicHolidays):
+            self.engine.holidays.load()
+        connections = [self.store.engine.connect() for _ in range(self.group_commit.writers + 1)]
+        for connection in connections:
+            connection.close()
 
     def close(self) -> None:
         self.store.dispose()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import text
 
+from recobra.calendars import PublicHolidays
 from recobra.domain.schedule import NoHolidays
 from recobra.engine.service import Engine
 from recobra.gateways.simulated import SimulatedGateway
@@ -194,6 +195,32 @@ OWN_OPERATIONS = [
     ("post", "/api/v1/policies/validate"),
     ("post", "/api/v1/policies/{version}/activate"),
 ]
+
+
+class CountedLoads(PublicHolidays):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    def load(self) -> None:
+        super().load()
+        self.loads += 1
+
+
+def test_a_server_process_warms_up_before_it_takes_requests(
+    store: SqlStore, engine_factory: EngineFactory, database_url: str
+) -> None:
+    calendar = CountedLoads()
+    services = make_services(store, engine_factory(holidays=calendar), database_url, lambda: T0)
+    store.engine.dispose()  # no connection open yet
+    assert store.engine.pool.checkedin() == 0  # type: ignore[attr-defined]
+    services.warm_up()
+    assert calendar.loads == 1
+    # The event writers' connections (and one for the rest) are open, back in the pool.
+    expected = services.group_commit.writers + 1
+    assert store.engine.pool.checkedin() == expected  # type: ignore[attr-defined]
+    assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert calendar.is_holiday("MX", date(2026, 9, 16))  # Independence Day
 
 
 def test_every_api_route_needs_a_valid_key(api: Api) -> None:
