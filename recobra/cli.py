@@ -937,13 +937,18 @@ def _long_lived(services: Services) -> Any:
 
 
 def _serve_processes(settings: Settings, host: str, port: int, workers: int) -> bool:
-    """Run ``workers`` server processes on one listening socket until SIGTERM or Ctrl-C
-    (uvicorn's supervisor replaces a process that dies); False if they could not start."""
+    """Run ``workers`` server processes on one port until SIGTERM or Ctrl-C (uvicorn's
+    supervisor replaces a process that dies); False if they could not start. On Linux
+    each process listens on a socket of its own (recobra.web.listening), so that
+    connections spread evenly over the processes."""
     import functools  # noqa: PLC0415
+    import logging  # noqa: PLC0415
 
     import uvicorn  # noqa: PLC0415
     from uvicorn.config import STARTUP_FAILURE  # noqa: PLC0415
     from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
+
+    from recobra.web.listening import hold_port, spreads_connections  # noqa: PLC0415
 
     config = uvicorn.Config(
         functools.partial(_web_app, settings),
@@ -953,8 +958,29 @@ def _serve_processes(settings: Settings, host: str, port: int, workers: int) -> 
         workers=workers,
         log_level="info",
     )
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    supervisor.run()
+    if spreads_connections():
+        try:
+            held = hold_port(host, port)
+        except OSError as exc:
+            err.print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", highlight=False, markup=False)
+            return False
+        shown = f"[{host}]" if ":" in host else host
+        logging.getLogger("uvicorn.error").info(
+            "Uvicorn running on http://%s:%d (Press CTRL+C to quit); each of the %d processes "
+            "listens on a socket of its own",
+            shown,
+            held.getsockname()[1],
+            workers,
+        )
+        sockets: list[Any] = [held]
+    else:
+        sockets = [config.bind_socket()]
+    try:
+        supervisor = Multiprocess(config, sockets=sockets)
+        supervisor.run()
+    finally:
+        for sock in sockets:
+            sock.close()
     return not any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
 
 

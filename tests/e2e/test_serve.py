@@ -213,6 +213,21 @@ def test_serve_runs_several_processes_on_one_port_and_stops_them_all(database: s
     assert not [pid for pid in pids if alive(pid)]
 
 
+def test_a_second_server_on_a_port_in_use_is_refused(database: str, tmp_path: Path) -> None:
+    # The processes listen on sockets of their own that share the port (SO_REUSEPORT on
+    # Linux): a second server started there by mistake must not quietly share it too.
+    with serving(database, tmp_path, "--workers", "2") as served:
+        port = served.base.rsplit(":", 1)[1]
+        second = recobra(
+            *("serve", "--database-url", database, "--host", "127.0.0.1", "--port", port, "--workers", "2"),
+            env={"RECOBRA_LINK_SECRET": SECRET},
+        )
+        assert second.returncode == 1, second.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in second.stderr
+        assert "in use" in second.stderr
+        assert httpx.get(f"{served.base}/healthz", timeout=5).status_code == 200
+
+
 def test_serve_on_sqlite_runs_one_process_by_default(database: str, tmp_path: Path) -> None:
     # SQLite has one writer at a time: more processes would only queue on its lock.
     with serving(database, tmp_path) as served:
