@@ -112,6 +112,7 @@ def serving(database: str, tmp_path: Path, *extra: str) -> Iterator[Served]:
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            start_new_session=True,  # its server processes can be killed with it
         )
     server = Served(process, f"http://127.0.0.1:{port}", log)
     try:
@@ -128,7 +129,7 @@ def serving(database: str, tmp_path: Path, *extra: str) -> Iterator[Served]:
         yield server
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=STOP_TIMEOUT)
 
 
@@ -226,6 +227,8 @@ def test_a_second_server_on_a_port_in_use_is_refused(database: str, tmp_path: Pa
         assert f"cannot listen on 127.0.0.1:{port}" in second.stderr
         assert "in use" in second.stderr
         assert httpx.get(f"{served.base}/healthz", timeout=5).status_code == 200
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=STOP_TIMEOUT) == 0, served.output()
 
 
 def test_serve_on_sqlite_runs_one_process_by_default(database: str, tmp_path: Path) -> None:
