@@ -31,6 +31,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -228,49 +229,69 @@ def api_key(url: str) -> str:
     return key
 
 
-def start_server(url: str, port: int, workers: int | None) -> subprocess.Popen[str]:
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "RECOBRA_DATABASE_URL": url,
-        "RECOBRA_LINK_SECRET": "b" * 40,
-        "RECOBRA_PUBLIC_URL": base,
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "recobra.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *(["--workers", str(workers)] if workers else []),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
+class Server:
+    """``recobra serve`` on loopback, in a session of its own (so that its server
+    processes can be killed with it), its log kept as it comes."""
+
+    def __init__(self, url: str, port: int, workers: int | None) -> None:
+        base = f"http://127.0.0.1:{port}"
+        env = {
+            **os.environ,
+            "RECOBRA_DATABASE_URL": url,
+            "RECOBRA_LINK_SECRET": "b" * 40,
+            "RECOBRA_PUBLIC_URL": base,
+        }
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "recobra.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *(["--workers", str(workers)] if workers else []),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.log: list[str] = []
+        threading.Thread(target=self._read_log, daemon=True).start()
+        # Every server process, not only the first: each listens on a socket of its own
+        # once started, and connections opened before the last one listens would all go
+        # to the others, for good.
+        processes = workers or (1 if url.startswith("sqlite") else len(os.sched_getaffinity(0)))
+        deadline = time.monotonic() + 60
+        while sum("Application startup complete" in line for line in self.log) < processes:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit("the server did not start:\n" + "".join(self.log[-30:]))
             time.sleep(0.1)
-    server.kill()
-    raise SystemExit("the server did not start")
+        if httpx.get(f"{base}/healthz", timeout=5).status_code != 200:
+            self.stop()
+            raise SystemExit("the server does not answer /healthz")
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
-def stop_server(server: subprocess.Popen[str]) -> None:
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
 
 
 def count_cases(url: str) -> int:
@@ -349,7 +370,7 @@ def main() -> None:
     with fresh_database(args.database_url) as url:
         key = api_key(url)
         port = free_port()
-        server = start_server(url, port, args.workers)
+        server = Server(url, port, args.workers)
         try:
             at = datetime.now(UTC).isoformat()
             events = [event(i, at) for i in range(args.events)]
@@ -366,12 +387,11 @@ def main() -> None:
             wall = time.perf_counter() - started
             after = cpu_snapshot(server.pid)
         except RuntimeError:
-            server.send_signal(signal.SIGTERM)
-            _, errors = server.communicate(timeout=30)
-            print(errors[-3000:], file=sys.stderr)
+            server.stop()
+            print("".join(server.log)[-3000:], file=sys.stderr)
             raise
         finally:
-            stop_server(server)
+            server.stop()
         cases = count_cases(url)
     if cases != args.events:
         raise SystemExit(f"{cases} cases for {args.events} events: something was lost")
