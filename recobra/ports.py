@@ -188,6 +188,11 @@ class UnitOfWork(Protocol):
 
     def commit(self) -> None: ...
 
+    def rehearse_commit(self) -> None:
+        """What ``commit`` does, every write sent and checked by the database, but ending
+        in a rollback: nothing is kept (``Engine.rehearse``)."""
+        ...
+
     def remember_events(self, events: Sequence[tuple[str, str, datetime]]) -> set[str]:
         """Record incoming (event id, kind, time); returns the ids not seen before."""
         ...

@@ -790,6 +790,16 @@ class SqlUnitOfWork:
             raise ConcurrentUpdate(f"concurrent writers collided: {exc.orig}") from exc
 
     def commit(self) -> None:
+        self._write_all(then_commit=True)
+        self._tx.commit()
+
+    def rehearse_commit(self) -> None:
+        self._write_all(then_commit=False)
+        self._tx.rollback()
+
+    def _write_all(self, *, then_commit: bool) -> None:
+        """Write what is still kept: the buffered status changes, and on PostgreSQL the
+        writes not sent yet (with the COMMIT in the same round trip if ``then_commit``)."""
         # Status changes are buffered and written together at the end: a tick changes
         # hundreds of invoices and subscriptions, and nothing reads them back.
         # In key order, like every multi-row write: concurrent writers then take their
@@ -802,16 +812,16 @@ class SqlUnitOfWork:
                 for row in rows:
                     _send_write(self.conn, sql, row)
             if self.conn.info[_PENDING]:
-                # The COMMIT goes in the same round trip; the driver's own commit that
-                # follows finds the transaction ended and sends nothing.
-                _send_write(self.conn, "COMMIT", {})
+                if then_commit:
+                    # The COMMIT goes in the same round trip; the driver's own commit
+                    # that follows finds the transaction ended and sends nothing.
+                    _send_write(self.conn, "COMMIT", {})
                 _flush_writes(self.conn)
         else:
             if invoices:
                 self.conn.execute(_SET_INVOICE_STATUS, invoices)
             if subscriptions:
                 self.conn.execute(_SET_SUBSCRIPTION_STATUS, subscriptions)
-        self._tx.commit()
 
     # -- events
     def remember_events(self, events: Sequence[tuple[str, str, datetime]]) -> set[str]:

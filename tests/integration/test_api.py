@@ -207,15 +207,19 @@ class CountedLoads(PublicHolidays):
         self.loads += 1
 
 
-def test_a_server_process_warms_up_before_it_takes_requests(
-    store: SqlStore, engine_factory: EngineFactory, database_url: str
+def test_a_server_process_warms_up_before_it_takes_requests_and_keeps_nothing(
+    store: SqlStore, engine_factory: EngineFactory, db: Db, database_url: str
 ) -> None:
     calendar = CountedLoads()
     services = make_services(store, engine_factory(holidays=calendar), database_url, lambda: T0)
     store.engine.dispose()  # no connection open yet
     assert store.engine.pool.checkedin() == 0  # type: ignore[attr-defined]
+    before = db.counts()
     services.warm_up()
     assert calendar.loads == 1
+    # The rehearsed failed payments were written in full, then rolled back.
+    assert db.counts() == before
+    assert not any(db.counts().values())
     # The event writers' connections (and one for the rest) are open, back in the pool.
     expected = services.group_commit.writers + 1
     assert store.engine.pool.checkedin() == expected  # type: ignore[attr-defined]

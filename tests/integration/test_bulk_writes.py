@@ -224,3 +224,31 @@ def test_a_write_that_fails_fails_the_unit_of_work_and_leaves_nothing(
         uow.upsert_customers([commands.customer("2")])
         uow.commit()
     assert [c["id"] for c in db.rows("customers")] == ["cus_2"]
+
+
+def test_a_rehearsed_commit_sends_every_write_then_keeps_nothing(
+    store: SqlStore, commands: Commands, db: Db, engine_factory: EngineFactory
+) -> None:
+    """``rehearse_commit`` is ``commit`` ending in a rollback: every write reaches the
+    database (which checks it: a refused one raises as at a real commit), none is kept."""
+
+    def rehearse_a_refused_write() -> None:
+        with store.unit_of_work() as uow:
+            uow.upsert_customers([commands.customer("1")])
+            uow.upsert_payment_methods([replace(commands.card("1"), customer_id="cus_nobody")])
+            uow.rehearse_commit()
+
+    with pytest.raises(IntegrityError, match="payment_methods"):
+        rehearse_a_refused_write()
+    assert not any(db.counts().values())
+
+    engine = engine_factory()
+    failed = commands.payment_failed("1")
+    (rehearsed,) = engine.rehearse([failed])
+    assert rehearsed.case_ids == (Commands.case_id("1"),)
+    assert not rehearsed.duplicate
+    assert not any(db.counts().values())
+    # The rehearsed event was not remembered: the real one opens its case.
+    (applied,) = engine.apply_events([failed])
+    assert applied == rehearsed
+    assert db.count("cases") == 1
