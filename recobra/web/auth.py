@@ -8,6 +8,7 @@ learns nothing about which keys exist.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -15,7 +16,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from recobra.store.keys import verify_key
+from recobra.store.keys import hash_key, verify_key
 from recobra.web.problems import Problem, problem_response
 from recobra.web.services import Services
 
@@ -52,12 +53,37 @@ async def require_api_key(
     presented = credentials.credentials
     key_id = services.keys.get(presented)
     if key_id is None:
-        key_id = await run_in_threadpool(verify_key, services.store.engine, presented, services.now())
-        if key_id is not None:
-            services.keys.remember(presented, key_id)
+        key_id = await _look_up(services, presented)
     if key_id is None:
         raise Unauthorized("the API key is not valid (unknown or revoked)", error="invalid_token")
     return key_id
+
+
+async def _look_up(services: Services, presented: str) -> str | None:
+    """The key's id from the database (in a worker thread), then remembered. Requests
+    that present the same key while it is being looked up wait for that lookup rather
+    than each making their own: when a busy key's memory runs out, a process's dozens of
+    requests in flight would otherwise each take a database connection at once, the
+    pool opening new ones, which showed as a latency spike every two seconds."""
+    lookups = services.key_lookups
+    digest = hash_key(presented)
+    loop = asyncio.get_running_loop()
+    lookup = lookups.get(digest)
+    if lookup is None or lookup.get_loop() is not loop:
+        lookup = asyncio.ensure_future(
+            run_in_threadpool(verify_key, services.store.engine, presented, services.now())
+        )
+        lookups[digest] = lookup
+
+        def done(finished: asyncio.Future[str | None]) -> None:
+            if lookups.get(digest) is finished:
+                del lookups[digest]
+            if not finished.cancelled() and finished.exception() is None and (found := finished.result()):
+                services.keys.remember(presented, found)
+
+        lookup.add_done_callback(done)
+    # A request that goes away does not cancel the lookup the others wait for.
+    return await asyncio.shield(lookup)
 
 
 UNAUTHORIZED_RESPONSE: dict[str, Any] = {

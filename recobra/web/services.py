@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ class Services:
     """Stored policy versions; the engine's policy source (built from settings when absent)."""
     keys: VerifiedKeys = field(default_factory=VerifiedKeys)
     """API keys verified a moment ago (revocation is honoured within seconds)."""
+    key_lookups: dict[str, asyncio.Future[str | None]] = field(default_factory=dict, repr=False)
+    """API keys being looked up now, by hash (recobra.web.auth: one lookup per key at a time)."""
     _group_commit: GroupCommit | None = field(default=None, init=False, repr=False)
 
     @classmethod

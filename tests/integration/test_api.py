@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from conftest import T0, TEST_POLICY, Db, EngineFactory, migrate
@@ -35,6 +38,7 @@ from recobra.policyfile import parse_policy
 from recobra.settings import Settings
 from recobra.store.keys import VERIFIED_FOR_S, create_key, revoke_key
 from recobra.store.sql import SqlStore
+from recobra.web import auth
 from recobra.web.app import create_app
 from recobra.web.services import Services
 
@@ -285,6 +289,42 @@ def test_a_new_key_works_at_once_and_a_wrong_one_is_never_remembered(api: Api) -
         assert_problem(api.client.get("/api/v1/cases", headers=wrong), 401)
     api.services.keys.forget()
     assert_problem(api.client.get("/api/v1/cases", headers={"Authorization": f"Bearer {new}"}), 401)
+
+
+def test_requests_presenting_a_key_being_looked_up_share_the_lookup(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a busy key's memory runs out, the requests in flight make one database
+    lookup between them, not one each."""
+    lookups: list[str] = []
+    real = auth.verify_key
+
+    def slow_lookup(*args: Any) -> str | None:
+        lookups.append(args[1])
+        time.sleep(0.2)  # every request arrives while the lookup runs
+        return real(*args)
+
+    monkeypatch.setattr(auth, "verify_key", slow_lookup)
+    wrong = "rk_live_" + "B" * 43
+
+    async def together(key: str, n: int) -> list[int]:
+        transport = httpx.ASGITransport(app=api.client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            header = {"Authorization": f"Bearer {key}"}
+            answers = await asyncio.gather(*(client.get("/api/v1/cases", headers=header) for _ in range(n)))
+        return [a.status_code for a in answers]
+
+    api.services.keys.forget()
+    assert asyncio.run(together(api.key, 12)) == [200] * 12
+    assert lookups == [api.key]
+    # Remembered from that one lookup.
+    assert asyncio.run(together(api.key, 3)) == [200] * 3
+    assert lookups == [api.key]
+    # A wrong key is shared while looked up, and never remembered.
+    assert asyncio.run(together(wrong, 5)) == [401] * 5
+    assert asyncio.run(together(wrong, 5)) == [401] * 5
+    assert lookups == [api.key, wrong, wrong]
+    assert not api.services.key_lookups
 
 
 # --------------------------------------------------------------------------- events
