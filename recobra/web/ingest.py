@@ -1,15 +1,20 @@
 """Group commit for ``POST /api/v1/events``: concurrent requests share one transaction.
 
 Each request's events are checked first (422 before anything is queued), then handed
-to the process's ``GroupCommit``. A few writers (``writers``, two by default) each
-write one transaction at a time; requests that arrive while they are all busy wait in
-a queue, and the next writer to be free takes everything queued into its next
-transaction, in arrival order. Nothing waits on a timer: a lone request is written at
-once, and under load each transaction carries the events of every request that came
-in meanwhile. Two writers let one transaction's round trips and its commit's flush to
-disk overlap the other's work. Statements and the commit's flush to disk are
-then paid once per group rather than once per request, which is what lets a few
-processes take in thousands of events a second.
+to the process's ``GroupCommit``. Its writer writes one transaction at a time;
+requests that arrive while it is busy wait in a queue, and its next transaction takes
+everything queued, in arrival order. Nothing waits on a timer: a lone request is
+written at once, and under load each transaction carries the events of every request
+that came in meanwhile. Statements and the commit's flush to disk are then paid once
+per group rather than once per request, which is what lets a few processes take in
+thousands of events a second.
+
+One writer per process (``writers``); the processes still write at once. A second
+writer per process made the groups smaller: at 1,000 single-event requests a second
+over two processes it cost 5% more CPU, and p99 was 25-30 ms against 19-20 ms with
+one; flat out at ten events per request it took in 8% more events, but with p99 at
+49 ms against 40-42 (``benchmarks/ingest.py``, docs/benchmarks.md). On SQLite, which
+has one writer at a time, a second one only waited for the lock.
 
 What each request sees is unchanged:
 
@@ -39,8 +44,8 @@ log = logging.getLogger("recobra.web.ingest")
 
 MAX_GROUP_EVENTS = 2000
 """Most events in one shared transaction (a larger request still goes alone)."""
-WRITERS = 2
-"""Transactions a process writes at once (one on SQLite, which has a single writer)."""
+WRITERS = 1
+"""Transactions a process writes at once (see the module)."""
 
 Apply = Callable[[Sequence[Command]], list[HandleResult]]
 """Applies events in one transaction and returns one result per event, in order."""

@@ -79,10 +79,7 @@ class Services:
     def group_commit(self) -> GroupCommit:
         """Writes concurrent requests' events in shared transactions (recobra.web.ingest)."""
         if self._group_commit is None:
-            # SQLite has one writer at a time: a second one would only wait for the lock
-            # (in the driver's sleeps), so one writer batches everything instead.
-            writers = 1 if self.store.engine.dialect.name == "sqlite" else WRITERS
-            self._group_commit = GroupCommit(self.engine.apply_events, writers=writers)
+            self._group_commit = GroupCommit(self.engine.apply_events, writers=WRITERS)
         return self._group_commit
 
     def warm_up(self) -> None:
