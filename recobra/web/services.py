@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from recobra.settings import Settings, SettingsError
 from recobra.store.keys import VerifiedKeys
 from recobra.store.sql import SqlStore
 from recobra.web.ingest import WRITERS, GroupCommit
+
+log = logging.getLogger("recobra.web")
 
 
 def _wall_clock() -> datetime:
@@ -97,9 +100,19 @@ class Services:
         for connection in connections:
             connection.close()
         # The pool hands its idle connections out in turn (first in, first out), so
-        # each rehearsal runs on the next connection.
+        # each rehearsal runs on the next connection. A warm-up never keeps a server
+        # from starting: should the made-up event not suit this deployment (its
+        # policies, say), the first real requests are merely slower.
         for n in range(count):
-            self.engine.rehearse(parse_events_text(_rehearsal(n, self.now()), source="warm-up"))
+            try:
+                self.engine.rehearse(parse_events_text(_rehearsal(n, self.now()), source="warm-up"))
+            except Exception as exc:
+                log.warning(
+                    "warm-up: the rehearsed failed payment did not go through (%s: %s)",
+                    type(exc).__name__,
+                    exc,
+                )
+                break
 
     def close(self) -> None:
         self.store.dispose()

@@ -231,6 +231,21 @@ def test_a_server_process_warms_up_before_it_takes_requests_and_keeps_nothing(
     assert calendar.is_holiday("MX", date(2026, 9, 16))  # Independence Day
 
 
+def test_a_rehearsal_that_fails_never_keeps_a_server_from_starting(
+    store: SqlStore, engine_factory: EngineFactory, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = engine_factory()
+    services = make_services(store, engine, database_url, lambda: T0)
+
+    def refused(*_: Any) -> Any:
+        raise RuntimeError("no policy for this segment")
+
+    engine.rehearse = refused  # type: ignore[method-assign]
+    services.warm_up()
+    assert "warm-up: the rehearsed failed payment did not go through" in caplog.text
+    assert "no policy for this segment" in caplog.text
+
+
 def test_every_api_route_needs_a_valid_key(api: Api) -> None:
     app: FastAPI = api.client.app  # type: ignore[assignment]
     operations = api_operations(app)
