@@ -67,23 +67,18 @@ async def _look_up(services: Services, presented: str) -> str | None:
     pool opening new ones, which showed as a latency spike every two seconds."""
     lookups = services.key_lookups
     digest = hash_key(presented)
-    loop = asyncio.get_running_loop()
     lookup = lookups.get(digest)
-    if lookup is None or lookup.get_loop() is not loop:
+    if lookup is None or lookup.done() or lookup.get_loop() is not asyncio.get_running_loop():
         lookup = asyncio.ensure_future(
             run_in_threadpool(verify_key, services.store.engine, presented, services.now())
         )
         lookups[digest] = lookup
-
-        def done(finished: asyncio.Future[str | None]) -> None:
-            if lookups.get(digest) is finished:
-                del lookups[digest]
-            if not finished.cancelled() and finished.exception() is None and (found := finished.result()):
-                services.keys.remember(presented, found)
-
-        lookup.add_done_callback(done)
+        lookup.add_done_callback(lambda done: lookups.pop(digest) if lookups.get(digest) is done else None)
     # A request that goes away does not cancel the lookup the others wait for.
-    return await asyncio.shield(lookup)
+    key_id = await asyncio.shield(lookup)
+    if key_id is not None:
+        services.keys.remember(presented, key_id)
+    return key_id
 
 
 UNAUTHORIZED_RESPONSE: dict[str, Any] = {

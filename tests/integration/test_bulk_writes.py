@@ -203,20 +203,26 @@ def test_a_unit_of_work_reads_what_it_wrote_before_committing(store: SqlStore, c
         assert uow.known_customers(["cus_1"]) == {"cus_1"}
 
 
+def write_a_card_the_database_refuses(store: SqlStore, commands: Commands, *, rehearse: bool) -> None:
+    """A customer, then a card of an unknown customer (refused by the foreign key), in
+    one unit of work ended by ``commit`` or ``rehearse_commit``."""
+    with store.unit_of_work() as uow:
+        uow.upsert_customers([commands.customer("1")])
+        uow.upsert_payment_methods([replace(commands.card("1"), customer_id="cus_nobody")])
+        if rehearse:
+            uow.rehearse_commit()
+        else:
+            uow.commit()
+
+
 def test_a_write_that_fails_fails_the_unit_of_work_and_leaves_nothing(
     store: SqlStore, commands: Commands, db: Db
 ) -> None:
     """A write refused by the database (here a card of an unknown customer) raises the
     database's error, as SQLAlchemy names it, whenever it is sent; nothing is kept."""
 
-    def write() -> None:
-        with store.unit_of_work() as uow:
-            uow.upsert_customers([commands.customer("1")])
-            uow.upsert_payment_methods([replace(commands.card("1"), customer_id="cus_nobody")])
-            uow.commit()
-
     with pytest.raises(IntegrityError, match="payment_methods"):
-        write()
+        write_a_card_the_database_refuses(store, commands, rehearse=False)
     assert db.count("customers") == 0
     assert db.count("payment_methods") == 0
     # The connection goes back to the pool clean: the next unit of work writes normally.
@@ -231,15 +237,8 @@ def test_a_rehearsed_commit_sends_every_write_then_keeps_nothing(
 ) -> None:
     """``rehearse_commit`` is ``commit`` ending in a rollback: every write reaches the
     database (which checks it: a refused one raises as at a real commit), none is kept."""
-
-    def rehearse_a_refused_write() -> None:
-        with store.unit_of_work() as uow:
-            uow.upsert_customers([commands.customer("1")])
-            uow.upsert_payment_methods([replace(commands.card("1"), customer_id="cus_nobody")])
-            uow.rehearse_commit()
-
     with pytest.raises(IntegrityError, match="payment_methods"):
-        rehearse_a_refused_write()
+        write_a_card_the_database_refuses(store, commands, rehearse=True)
     assert not any(db.counts().values())
 
     engine = engine_factory()
